@@ -1,0 +1,44 @@
+"""What every allocator shares: turning selection probabilities into integer budgets."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def largest_remainder(probs: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """b_i = floor(B·q_i) plus one for the largest remainders, so Σ b_i = B exactly.
+
+    Remainder ties are broken by `rng` (a random permutation before a stable sort).
+
+    >>> largest_remainder(np.array([0.5, 0.25, 0.25]), 5, np.random.default_rng(0)).sum()
+    5
+    """
+    if budget <= 0 or len(probs) == 0:
+        return np.zeros(len(probs), dtype=np.int64)
+    exact = budget * np.asarray(probs, dtype=np.float64) / np.sum(probs)
+    counts = np.floor(exact).astype(np.int64)
+    left = budget - int(counts.sum())
+    if left:
+        shuffle = rng.permutation(len(exact))
+        remainders = (exact - counts)[shuffle]
+        counts[shuffle[np.argsort(-remainders, kind="stable")[:left]]] += 1
+    return counts
+
+
+class Allocator:
+    """Splits a round's budget B over the base pairs given their margins Δ.
+
+    Subclasses set `probabilities`; `select` says how a pair's b_i synthetic pairs are chosen among
+    its candidates: "random" (seeded) or "top_margin" (the highest-margin candidates by the current
+    model, West-of-N).
+    """
+
+    select = "random"
+    spends_budget = True
+
+    def probabilities(self, margins: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def allocate(self, margins: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+        if not self.spends_budget:
+            return np.zeros(len(margins), dtype=np.int64)
+        return largest_remainder(self.probabilities(np.asarray(margins, dtype=np.float64)), budget, rng)

@@ -1,0 +1,160 @@
+"""Typed schemas for the config groups that mars reads itself.
+
+Hydra composes YAML; `validate()` merges each group into its dataclass so that a misspelt key or
+an unknown choice fails at start-up with the group and key named, never later and never silently.
+Groups built with `_target_` (trainer, logger, callbacks, augmenter, allocator) are checked by
+the constructor they name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def _choice(group: str, key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{group}.{key}={value!r} is not one of {list(allowed)}")
+
+
+@dataclass
+class FieldNames:
+    """Column names of a generic local file (`data.source=local`)."""
+
+    prompt: Optional[str] = "prompt"  # None: the file has no prompt column
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    id: Optional[str] = None  # None: ids are "local-<row number>"
+
+
+@dataclass
+class DataConfig:
+    """Where the preference pairs come from, how they are split, batched and truncated.
+
+    `source` picks the normaliser; `path` reads a local file instead of the Hub (same result).
+    Without `val_path`/`test_path` one file is split with `split_seed` into `train_size`,
+    `val_size` and `test_size` pairs (`-1` for train: all that is left; 1,200 for the demo).
+    """
+
+    source: str = "demo"  # demo | hh_rlhf | ultrafeedback | pku_saferlhf | rewardbench | local
+    path: Optional[str] = None  # local file (json, jsonl, jsonl.gz, parquet, csv)
+    hub_name: Optional[str] = None  # Hub dataset name, used when `path` is unset
+    hub_data_dir: Optional[str] = None  # e.g. "harmless-base" for Anthropic/hh-rlhf
+    hub_subset: Optional[str] = None  # the dataset's config name, where it has several
+    split: str = "train"  # Hub split read for `path`-less sources
+    val_path: Optional[str] = None
+    test_path: Optional[str] = None
+    val_split: Optional[str] = None  # Hub split for validation (instead of splitting `split`)
+    test_split: Optional[str] = None
+    fields: FieldNames = field(default_factory=FieldNames)
+    on_error: str = "raise"  # raise | skip: skip counts bad records and prints a summary
+    train_size: int = -1
+    val_size: int = 200
+    test_size: int = 200
+    split_seed: int = 0
+    batch_size: int = 16  # pairs per training batch and rank (2x sequences in the forward)
+    eval_batch_size: int = 64  # pairs per validation / prediction batch
+    length_grouping: bool = True  # batch pairs of similar length: less padding
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("data", "source", self.source,
+                ("demo", "hh_rlhf", "ultrafeedback", "pku_saferlhf", "rewardbench", "local"))
+        _choice("data", "on_error", self.on_error, ("raise", "skip"))
+
+
+@dataclass
+class BackboneConfig:
+    """The transformer under the one-output reward head.
+
+    `name_or_path` is a Hub name or a local folder; `random_init` builds the architecture of
+    `name_or_path` from its config with `config_overrides` applied and random weights (tests).
+    """
+
+    name_or_path: str = "minilm"  # "minilm": the embedded all-MiniLM-L6-v2 package
+    tokenizer: Optional[str] = None  # defaults to name_or_path
+    max_length: int = 256  # tokens per prompt+response sequence, special tokens included
+    min_prompt_tokens: int = 32  # prompt tokens kept before the response is cut (see truncation)
+    random_init: bool = False
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    chat_template: str = "auto"  # auto: use the tokenizer's chat template where it has one | never
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("backbone", "chat_template", self.chat_template, ("auto", "never"))
+        if self.max_length < 8:
+            raise ValueError(f"backbone.max_length={self.max_length} is too small")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up, then `schedule` decay to zero over the run."""
+
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_ratio: float = 0.1
+    schedule: str = "linear"  # linear | cosine | constant
+    head_lr: Optional[float] = None  # a separate learning rate for the fresh reward head
+
+    def __post_init__(self) -> None:
+        _choice("optim", "schedule", self.schedule, ("linear", "cosine", "constant"))
+
+
+@dataclass
+class LossConfig:
+    """Bradley–Terry loss −log σ(Δ − m) + c·mean((r⁺ + r⁻)²)."""
+
+    target_margin: float = 0.0  # m; a per-pair `margin` in the data's meta overrides it
+    center_rewards_coef: float = 0.0  # c: keeps rewards centred on zero (as TRL/RLHFlow)
+
+
+@dataclass
+class LoopConfig:
+    """How rounds grow the training set (the allocator decides *where* the budget goes)."""
+
+    budget: int = 0  # B^t: synthetic pairs per round
+    budget_schedule: Optional[list[int]] = None  # B^1, B^2, …; the last value repeats
+    warmup_epochs: int = 0  # epochs on D₀ alone before the first allocation
+    accumulate: bool = True  # True: D^t = D^{t−1} ∪ D_syn^t (paper); False: D₀ ∪ D_syn^t (authors' code)
+    crossing: str = "paper"  # paper: (n⁺+1)(n⁻+1)−1 crossings | pool: variant × variant from a pool
+    pool_size: int = 5  # variants per response in pool mode (the authors use 5: 25 crossings)
+    vary_prompt: bool = False  # pool mode: the authors also vary the prompt
+    fisher_bins: int = 5  # Figure-5 bins by |Δ|
+    fisher_dim: int = 16  # feature directions kept for the bin Fisher matrices
+
+    def __post_init__(self) -> None:
+        if self.crossing not in ("paper", "pool"):
+            raise ValueError(f"loop.crossing={self.crossing!r} is not one of ['paper', 'pool']")
+
+    def budget_for(self, t: int) -> int:
+        if self.budget_schedule:
+            return int(self.budget_schedule[min(t, len(self.budget_schedule)) - 1])
+        return self.budget
+
+
+SCHEMAS = {"data": DataConfig, "backbone": BackboneConfig, "optim": OptimConfig, "loss": LossConfig, "loop": LoopConfig}
+
+
+def typed(cfg: DictConfig, group: str):
+    """The group `group` of `cfg` as its dataclass; unknown keys and bad values raise."""
+    schema = SCHEMAS[group]
+    try:
+        node = OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=False)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+    except Exception as e:  # omegaconf's message names the key; add the group
+        raise ValueError(f"config group '{group}': {e}") from None
+    return OmegaConf.to_object(merged)
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Check every typed group of a composed config; returns them as dataclasses."""
+    return {g: typed(cfg, g) for g in SCHEMAS if g in cfg}
+
+
+__all__ = [
+    "FieldNames", "DataConfig", "BackboneConfig", "OptimConfig", "LossConfig", "LoopConfig", "typed", "validate",
+]

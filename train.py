@@ -1,0 +1,63 @@
+"""Train a reward model: `python train.py [group=choice ...] [key=value ...]`.
+
+Compose the config → seed → instantiate data (with the MARS loop), model, callbacks, loggers and
+trainer → fit → test the best checkpoint → export it as a `from_pretrained` folder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from mars.config import validate
+from mars.data.datamodule import PreferenceDataModule
+from mars.export import export_reward_model, load_weights
+from mars.loop import MarsLoop
+from mars.model.module import RewardModule
+from mars.utils import instantiate_group, loggable_config, resolve_ckpt_path
+
+log = logging.getLogger("mars.train")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    typed = validate(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    loop = MarsLoop(typed["loop"], hydra.utils.instantiate(cfg.allocator),
+                    hydra.utils.instantiate(cfg.augmenter), seed=cfg.seed)
+    datamodule = PreferenceDataModule(typed["data"], typed["backbone"], loop, cfg.seed, cfg.paths.output_dir)
+    model = RewardModule(typed["backbone"], typed["optim"], typed["loss"], cfg.seed)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
+                                                 logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(loggable_config(cfg))
+
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    if cfg.get("export") and trainer.is_global_zero:
+        if best:
+            load_weights(model, best)
+        out = export_reward_model(model, os.path.join(cfg.paths.output_dir, "export"),
+                                  {"checkpoint": best, "metrics": metrics, "truncated": datamodule.truncated})
+        log.info("exported the best model to %s", out)
+    log.info("final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric", "val/acc_best"))
+
+
+if __name__ == "__main__":
+    main()
