@@ -5,6 +5,7 @@ trainer → fit → test the best checkpoint → export it as a `from_pretrained
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -22,7 +23,8 @@ from mars.utils import instantiate_group, loggable_config, resolve_ckpt_path
 log = logging.getLogger("mars.train")
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
+    """Fit, test and export as configured; returns the final metrics and the objects built."""
     typed = validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     loop = MarsLoop(typed["loop"], hydra.utils.instantiate(cfg.allocator),
@@ -36,7 +38,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(loggable_config(cfg))
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if ckpt_path and trainer.checkpoint_callback:
+        # Keep checkpointing where the resumed run did, so its best/last tracking carries on.
+        trainer.checkpoint_callback.dirpath = os.path.dirname(os.path.abspath(ckpt_path))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)  # our own checkpoints
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -49,13 +54,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         out = export_reward_model(model, os.path.join(cfg.paths.output_dir, "export"),
                                   {"checkpoint": best, "metrics": metrics, "truncated": datamodule.truncated})
         log.info("exported the best model to %s", out)
-    log.info("final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
-    return metrics
+    if trainer.is_global_zero:
+        with open(os.path.join(cfg.paths.output_dir, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+        log.info("final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+    return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    metrics, _ = train(cfg)
     return metrics.get(cfg.get("optimized_metric", "val/acc_best"))
 
 

@@ -78,6 +78,10 @@ class MarsLoop:
         t = self.round_of_epoch(epoch)
         if t == 0:
             return {"round": 0, "warmup": self.active, "train_pairs": len(self.training_set())}
+        if self.history and self.history[-1]["round"] >= t:
+            # Resumed from a checkpoint written after this round was built (Lightning saves at
+            # validation end, before the epoch counts as finished): D^t is already the restored one.
+            return {"round": t, "warmup": False, "resumed": True, "train_pairs": len(self.training_set())}
         rng = np.random.default_rng([self.seed, t])
         scores = scorer(self.base, True)
         budget = self.allocator.allocate(scores.margins, self.cfg.budget_for(t), rng)

@@ -49,6 +49,9 @@ def log_round(trainer, report: dict, detail: Optional[dict], output_dir: Optiona
     t = report["round"]
     if report.get("warmup"):
         log.info("epoch %d: warm-up on D₀ (%d pairs), no allocation yet", trainer.current_epoch, report["train_pairs"])
+    elif report.get("resumed"):
+        log.info("round %d: restored from the checkpoint (|D^t|=%d)", t, report["train_pairs"])
+        return
     elif t:
         log.info("round %d: |D^t|=%d (+%d synthetic, shortfall %d), budget on lowest/highest |Δ| decile "
                  "%.3f/%.3f, mis-ranked %.3f, curvature ratio %.3f", t, report["train_pairs"],

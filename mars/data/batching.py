@@ -44,7 +44,8 @@ class PairBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Seeded, optionally length-grouped batches of dataset positions for one rank.
 
     The N pairs are cut into `world_size * ceil(N / (batch_size * world_size))` batches of
-    near-equal size (never above `batch_size`); rank r takes every world_size-th batch.
+    near-equal size (never above `batch_size`); rank r takes every world_size-th batch. Where so
+    few pairs would leave a batch empty, there are fewer batches, one pair above `batch_size`.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0,
@@ -53,7 +54,9 @@ class PairBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
         self.length_grouping, self.rank, self.world_size = length_grouping, rank, world_size
         n = len(self.lengths)
-        self.batches_per_rank = math.ceil(n / (batch_size * world_size)) if n else 0
+        if 0 < n < world_size:
+            raise ValueError(f"{n} pairs cannot be shared by {world_size} ranks: each needs at least one")
+        self.batches_per_rank = min(math.ceil(n / (batch_size * world_size)), n // world_size) if n else 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -119,8 +119,8 @@ class PreferenceDataModule(L.LightningDataModule):
         if report and self.trainer:
             report["digest"] = digests.pop()
             self.last_report = report
-            log_round(self.trainer, report, self.loop.history[-1] if report.get("round") else None,
-                      self.output_dir)
+            fresh = report.get("round") and not report.get("resumed")
+            log_round(self.trainer, report, self.loop.history[-1] if fresh else None, self.output_dir)
         return self._loader(self.encoder.encode(self.epoch_pairs), self.cfg.batch_size, shuffle=True, epoch=epoch)
 
     def val_dataloader(self) -> DataLoader:
@@ -147,4 +147,6 @@ class PreferenceDataModule(L.LightningDataModule):
         return {"loop": self.loop.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.loop.load_state_dict(state["loop"])
+        # Only a resumed fit continues the loop; testing the best checkpoint keeps the final D^t.
+        if self.trainer is None or self.trainer.state.fn == "fit":
+            self.loop.load_state_dict(state["loop"])

@@ -84,7 +84,7 @@ class PairEncoder:
         over = len(prompt) + len(response) - self.budget
         if over <= 0:
             return self.prefix + prompt + response + self.suffix, False
-        keep_prompt = max(len(prompt) - over, min(len(prompt), self.min_prompt_tokens))
+        keep_prompt = min(self.budget, max(len(prompt) - over, min(len(prompt), self.min_prompt_tokens)))
         keep_response = self.budget - keep_prompt
         prompt = prompt[len(prompt) - keep_prompt:]
         response = response[len(response) - keep_response:]

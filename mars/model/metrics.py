@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import torch
 from torchmetrics import Metric
-from torchmetrics.functional.classification import binary_auroc
 
 ECE_BINS = 10
+
+
+def _auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    """Mann–Whitney ROC-AUC from average ranks (ties count one half). Exact for any reward scale:
+    `binary_auroc` squashes values outside [0, 1] with a sigmoid, which merges large rewards."""
+    _, inverse, counts = torch.unique(torch.cat([pos, neg]), return_inverse=True, return_counts=True)
+    ranks = (counts.cumsum(0) - (counts - 1) / 2).double()[inverse]  # 1-based average ranks
+    n_pos, n_neg = pos.numel(), neg.numel()
+    return ((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
 
 
 def pairwise_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[str, float]:
@@ -31,14 +39,13 @@ def pairwise_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[s
               for b in bins.unique())
     rewards = torch.cat([r_chosen, r_rejected])
     std = margin.std() if n > 1 else margin.new_tensor(0.0)
-    labels = torch.cat([torch.ones(n), torch.zeros(n)]).long()
     return {
         "acc": (margin > 0).double().mean().item(),
         "ties": (margin == 0).double().mean().item(),
         "margin_mean": margin.mean().item(),
         "margin_std": std.item(),
         "snr": (margin.mean() / std).item() if std > 0 else float("nan"),
-        "auc": binary_auroc(rewards, labels).item(),
+        "auc": _auc(r_chosen, r_rejected),
         "ece": float(ece),
         "reward_mean": rewards.mean().item(),
         "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,

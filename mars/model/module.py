@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import lightning as L
 import torch
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, MeanMetric
 
 from mars.config import BackboneConfig, LossConfig, OptimConfig
 from mars.model.backbone import load_reward_model, load_tokenizer
@@ -13,6 +14,11 @@ from mars.model.loss import bradley_terry_loss
 from mars.model.metrics import PairwiseMetrics
 
 STAGES = ("train", "val", "test")
+
+# Epoch metrics come from torchmetrics objects that already gather every rank's pairs: Lightning's
+# extra reduction (sync_dist) would only average identical values, and inside rank-0-only
+# callbacks (progress bar) it deadlocks, so it is off and its reminder silenced.
+warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level.*")
 
 
 class RewardModule(L.LightningModule):
@@ -23,6 +29,7 @@ class RewardModule(L.LightningModule):
         self.tokenizer = load_tokenizer(backbone)
         self.model = load_reward_model(backbone, self.tokenizer.pad_token_id)
         self.metrics = torch.nn.ModuleDict({f"{s}_pairs": PairwiseMetrics() for s in STAGES})
+        self.losses = torch.nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
         self.val_acc_best = MaxMetric()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -75,15 +82,15 @@ class RewardModule(L.LightningModule):
         margin = batch.get("target_margin", self.loss_cfg.target_margin)
         loss = bradley_terry_loss(r_chosen, r_rejected, margin, self.loss_cfg.center_rewards_coef)
         self.metrics["train_pairs"].update(r_chosen, r_rejected)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
-                 batch_size=r_chosen.numel())
+        self.losses["train_loss"].update(loss.detach(), r_chosen.numel())
+        self.log("train/loss_step", loss, prog_bar=True)  # this rank's batch; the epoch mean is global
         return loss
 
     def _eval_step(self, stage: str, batch) -> None:
         r_chosen, r_rejected = self.pair_rewards(batch)
         loss = bradley_terry_loss(r_chosen, r_rejected, self.loss_cfg.target_margin)
         self.metrics[f"{stage}_pairs"].update(r_chosen, r_rejected)
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=r_chosen.numel())
+        self.losses[f"{stage}_loss"].update(loss, r_chosen.numel())
 
     def validation_step(self, batch, batch_idx):
         self._eval_step("val", batch)
@@ -98,8 +105,10 @@ class RewardModule(L.LightningModule):
 
     def _log_stage(self, stage: str) -> dict[str, float]:
         values = self.metrics[f"{stage}_pairs"].compute()
-        self.metrics[f"{stage}_pairs"].reset()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False)
+        if self.losses[f"{stage}_loss"].update_count:
+            values["loss"] = self.losses[f"{stage}_loss"].compute().item()
+        self.metrics[f"{stage}_pairs"].reset(), self.losses[f"{stage}_loss"].reset()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()})
         return values
 
     def on_train_epoch_end(self) -> None:

@@ -1,0 +1,13 @@
+"""Test-only callbacks, importable by Hydra `_target_` in configs composed by the tests."""
+import lightning as L
+
+
+class CrashAtEpoch(L.Callback):
+    """Simulates a killed run: raises when epoch `epoch` starts (its round is already built)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError(f"simulated crash at epoch {self.epoch}")

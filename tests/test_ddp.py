@@ -1,0 +1,56 @@
+"""Two CPU processes (trainer=ddp_sim, gloo) launched the way users launch GPU runs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA_DIR, ROOT
+
+pytestmark = pytest.mark.slow
+
+BASE = ["backbone=tiny", "data.train_size=96", "data.val_size=40", "data.test_size=40", "data.batch_size=8",
+        "callbacks.model_summary=null", "export=false", "logger=csv"]
+
+
+def run_train(run_dir: Path, *overrides: str) -> dict:
+    env = {**os.environ, "MARS_DATA_DIR": str(DATA_DIR), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "train.py", *BASE, *overrides, f"hydra.run.dir={run_dir}",
+           f"paths.cache_dir={run_dir}/cache"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_ddp_metrics_equal_single_process(tmp_path):
+    # lr = 0: both runs evaluate the same (seeded) weights, so only the reduction can differ.
+    frozen = ["augmenter=none", "optim.lr=0", "trainer.max_epochs=1",
+              "+backbone.config_overrides.initializer_range=0.5"]  # rewards well above float noise
+    single = run_train(tmp_path / "single", "trainer=cpu", *frozen)
+    ddp = run_train(tmp_path / "ddp", "trainer=ddp_sim", *frozen)
+    for key in ("val/acc", "val/ties", "val/auc", "val/ece", "test/acc", "test/auc", "test/ece"):
+        assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
+    for key in ("val/margin_mean", "val/margin_std", "val/snr", "test/margin_mean", "test/snr", "test/reward_std"):
+        assert ddp[key] == pytest.approx(single[key], rel=1e-4, abs=1e-7), key
+    assert not list(tmp_path.glob("ddp/**/.hydra_rank*")) and not (ROOT / "outputs").exists()
+
+
+def test_ddp_mars_rounds_identical_and_each_pair_once(tmp_path):
+    run = tmp_path / "mars"
+    run_train(run, "trainer=ddp_sim", "allocator=mars", "augmenter=eda", "loop.budget=40", "loop.warmup_epochs=1",
+              "trainer.max_epochs=3", "callbacks=audit", "optim.lr=1e-3")
+    for epoch, size in ((0, 96), (1, 136), (2, 176)):
+        r0, r1 = (json.loads((run / "audit" / f"epoch{epoch}_rank{r}.json").read_text()) for r in (0, 1))
+        assert r0["train_set"] == r1["train_set"] and len(r0["train_set"]) == size
+        assert not set(r0["seen"]) & set(r1["seen"])
+        assert Counter(r0["seen"] + r1["seen"]) == Counter(r0["train_set"])
+    for t in (1, 2):
+        report = json.loads((run / "rounds" / f"round_{t:02d}.json").read_text())
+        assert len(report["margins"]) == 96 and sum(report["allocation"]) == 40
+        assert all(m != 0.0 for m in report["margins"])  # every shard's margins gathered
+    assert len(list(run.glob("*.log"))) == 2 and not list(run.parent.glob("*/.hydra/../*/.hydra"))
