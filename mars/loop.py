@@ -54,6 +54,14 @@ class MarsLoop:
     history: list[dict] = field(default_factory=list)  # one report per round
     rank0_first: Callable[[Callable], object] = lambda fn: fn()  # DDP: rank 0 fills the cache first
 
+    def __post_init__(self) -> None:
+        from mars.augmenters.none import NoAugmenter
+
+        if self.allocator.spends_budget and isinstance(self.augmenter, NoAugmenter):
+            raise ValueError(f"{type(self.allocator).__name__} spends a budget of synthetic pairs but "
+                             "augmenter=none makes none: choose augmenter=eda (or paraphrase, llm_rewrite, "
+                             "semantic), or allocator=none")
+
     @property
     def active(self) -> bool:
         return self.allocator.spends_budget

@@ -35,7 +35,7 @@ def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictCon
     return cfg
 
 
-TINY = ["backbone=tiny", "augmenter=none", "data.train_size=96", "data.val_size=32", "data.test_size=32",
+TINY = ["backbone=tiny", "augmenter=none", "allocator=none", "data.train_size=96", "data.val_size=32", "data.test_size=32",
         "data.batch_size=8", "trainer.max_epochs=2", "callbacks.model_summary=null", "optim.lr=1e-3"]
 
 

@@ -29,7 +29,7 @@ def run_train(run_dir: Path, *overrides: str) -> dict:
 
 def test_ddp_metrics_equal_single_process(tmp_path):
     # lr = 0: both runs evaluate the same (seeded) weights, so only the reduction can differ.
-    frozen = ["augmenter=none", "optim.lr=0", "trainer.max_epochs=1",
+    frozen = ["augmenter=none", "allocator=none", "optim.lr=0", "trainer.max_epochs=1",
               "+backbone.config_overrides.initializer_range=0.5"]  # rewards well above float noise
     single = run_train(tmp_path / "single", "trainer=cpu", *frozen)
     ddp = run_train(tmp_path / "ddp", "trainer=ddp_sim", *frozen)

@@ -19,7 +19,7 @@ from mars.config import LoopConfig
 from mars.data.records import PreferencePair
 from mars.evaluation import load_for_eval, score_pairs
 from mars.loop import MarsLoop, Scores, variant_counts
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, require_data
 from train import train
 
 GOOD = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma".split()
@@ -201,3 +201,31 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
         torch.testing.assert_close(objects_b["model"].state_dict()[name], p)
     assert metrics_b["test/acc"] == metrics_a["test/acc"]
     assert metrics_b["test/margin_mean"] == pytest.approx(metrics_a["test/margin_mean"], rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("allocator", ["none", "uniform", "mars", "west_of_n"])
+def test_each_allocator_on_real_hh_rlhf_pairs(allocator, tmp_path):
+    require_data()
+    # A wide initialisation gives the tiny model margins well apart after one warm-up epoch.
+    cfg = compose_config("train", TINY + ["+backbone.config_overrides.initializer_range=0.5",
+        "data=hh_rlhf_offline", "data.train_size=200", "data.val_size=50", "data.test_size=50",
+        f"allocator={allocator}", "augmenter=eda", "augmenter.cache_path=null", "loop.budget=400",
+        "loop.warmup_epochs=1", "trainer.max_epochs=2", "export=false", "test=false"]
+        + (["allocator.temperature=2"] if allocator == "mars" else []), tmp_path)
+    _, objects = train(cfg)
+    loop = objects["datamodule"].loop
+    if allocator == "none":
+        assert loop.history == [] and len(loop.training_set()) == 200
+        return
+    (round1,) = loop.history
+    allocation, margins = np.asarray(round1["allocation"]), np.asarray(round1["margins"])
+    assert allocation.sum() == 400 and round1["synthetic_added"] == 400 - round1["shortfall"]
+    assert round1["shortfall"] < 40  # EDA yields enough distinct variants on real dialogue text
+    if allocator in ("uniform", "west_of_n"):
+        assert set(allocation) == {2}
+    if allocator == "mars":
+        deciles = np.array_split(np.argsort(np.abs(margins)), 10)
+        assert allocation[deciles[0]].mean() > allocation[deciles[-1]].mean()
+        assert round1["curvature_ratio"] > 1.0
+    if allocator == "west_of_n":  # each kept candidate beats the ones left out, by the round's model
+        assert all(p.meta["base_index"] < 200 for p in loop.synthetic)
