@@ -30,7 +30,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     loop = MarsLoop(typed["loop"], hydra.utils.instantiate(cfg.allocator),
                     hydra.utils.instantiate(cfg.augmenter), seed=cfg.seed)
     datamodule = PreferenceDataModule(typed["data"], typed["backbone"], loop, cfg.seed, cfg.paths.output_dir)
-    model = RewardModule(typed["backbone"], typed["optim"], typed["loss"], cfg.seed)
+    model = RewardModule(typed["backbone"], typed["optim"], typed["loss"], cfg.seed,
+                         feature_cache=os.path.join(cfg.paths.cache_dir, "features"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
                                                  logger=loggers or False)

@@ -81,9 +81,14 @@ class BackboneConfig:
     chat_template: str = "auto"  # auto: use the tokenizer's chat template where it has one | never
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    # Fast modes (mars/model/frozen.py): -1 fine-tunes everything; 0 trains the head alone on cached
+    # frozen features; k > 0 trains the top k layers on the cached output of the layers below.
+    train_layers: int = -1  # their features are kept in ${paths.cache_dir}/features across runs
 
     def __post_init__(self) -> None:
         _choice("backbone", "chat_template", self.chat_template, ("auto", "never"))
+        if self.train_layers < -1:
+            raise ValueError(f"backbone.train_layers={self.train_layers}: use -1 (all), 0 (head) or k > 0")
         if self.max_length < 8:
             raise ValueError(f"backbone.max_length={self.max_length} is too small")
 
@@ -137,6 +142,19 @@ class LoopConfig:
 
 
 SCHEMAS = {"data": DataConfig, "backbone": BackboneConfig, "optim": OptimConfig, "loss": LossConfig, "loop": LoopConfig}
+
+
+def register_schemas() -> None:
+    """`data/schema` and `backbone/schema` for the group files' defaults: composed groups then hold
+    every field with its default and reject unknown keys while composing."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(group="data", name="schema", node=DataConfig)
+    store.store(group="backbone", name="schema", node=BackboneConfig)
+
+
+register_schemas()
 
 
 def typed(cfg: DictConfig, group: str):

@@ -10,6 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
+import mars.config  # noqa: F401  (registers the data/backbone schemas with Hydra)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 sys.path.insert(0, str(ROOT))  # train.py / eval.py are top-level scripts

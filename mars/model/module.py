@@ -1,7 +1,10 @@
 """The LightningModule: a reward model, its Bradley–Terry loss, optimiser and metrics per stage."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import warnings
 
 import lightning as L
@@ -10,6 +13,7 @@ from torchmetrics import MaxMetric, MeanMetric
 
 from mars.config import BackboneConfig, LossConfig, OptimConfig
 from mars.model.backbone import load_reward_model, load_tokenizer
+from mars.model.frozen import FrozenPrefix
 from mars.model.loss import bradley_terry_loss
 from mars.model.metrics import PairwiseMetrics
 
@@ -22,17 +26,32 @@ warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epo
 
 
 class RewardModule(L.LightningModule):
-    def __init__(self, backbone: BackboneConfig, optim: OptimConfig, loss: LossConfig, seed: int = 0):
+    def __init__(self, backbone: BackboneConfig, optim: OptimConfig, loss: LossConfig, seed: int = 0,
+                 feature_cache: str | None = None):
+        """`feature_cache`: a folder keeping the fast modes' frozen features across runs."""
         super().__init__()
         self.save_hyperparameters()
+        self.feature_cache = feature_cache
         self.backbone_cfg, self.optim_cfg, self.loss_cfg, self.seed = backbone, optim, loss, seed
         self.tokenizer = load_tokenizer(backbone)
         self.model = load_reward_model(backbone, self.tokenizer.pad_token_id)
         self.metrics = torch.nn.ModuleDict({f"{s}_pairs": PairwiseMetrics() for s in STAGES})
         self.losses = torch.nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
         self.val_acc_best = MaxMetric()
+        self.prefix = FrozenPrefix(self.model, self.head(), backbone.train_layers) if backbone.train_layers >= 0 else None
+
+    def setup(self, stage: str) -> None:
+        cfg = self.backbone_cfg
+        if self.prefix and self.feature_cache and self.prefix.cache_file is None:
+            identity = json.dumps([cfg.name_or_path, cfg.tokenizer, cfg.random_init, cfg.config_overrides,
+                                   self.seed if cfg.random_init else None, cfg.train_layers], sort_keys=True)
+            name = hashlib.blake2b(identity.encode(), digest_size=8).hexdigest()
+            rank = f".rank{self.global_rank}" if self.trainer.world_size > 1 else ""
+            self.prefix.attach_cache(os.path.join(self.feature_cache, f"{name}{rank}.pt"))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.prefix:
+            return self.prefix.forward(input_ids, attention_mask).squeeze(-1)
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1)
 
     def pair_rewards(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +132,8 @@ class RewardModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_stage("train")
+        if self.prefix:
+            self.prefix.save()
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_stage("val")

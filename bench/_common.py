@@ -1,0 +1,317 @@
+"""Shared helpers of the benchmarks (not part of the package or the test suite).
+
+Every benchmark composes the *real* Hydra config (`conf/`) the way `tests/conftest.py` does,
+runs the real code path (`train.train`, `MarsLoop.build_round`, `RewardModule.score_margins`) and
+measures it from the outside: Lightning callbacks for timing and token counts, a psutil thread
+for memory, `os.getloadavg()` at the start and end of every measurement.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # train.py is a top-level script
+
+os.environ.setdefault("MARS_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+DATA_DIR = Path(os.environ["MARS_DATA_DIR"])
+HH_PATH = DATA_DIR / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+PKU_PATH = DATA_DIR / "pku-saferlhf" / "safer-vs-unsafe-5k.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine, load, statistics
+
+def loadavg() -> tuple[float, float, float]:
+    return tuple(round(x, 2) for x in os.getloadavg())
+
+
+def fmt_load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{x:.2f}" for x in load)
+
+
+def machine() -> dict:
+    import torch
+
+    model = platform.processor() or ""
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+def print_machine() -> dict:
+    m = machine()
+    print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+          f"python {m['python']}")
+    return m
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+
+
+class Measure:
+    """`with Measure("name") as m:` wall time (perf_counter) and loadavg at start and end."""
+
+    def __init__(self, name: str = "", quiet: bool = False):
+        self.name, self.quiet = name, quiet
+
+    def __enter__(self):
+        self.load_start = loadavg()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        self.load_end = loadavg()
+        if not self.quiet and self.name:
+            print(f"  [{self.name}] {self.seconds:.2f} s; loadavg start {fmt_load(self.load_start)}, "
+                  f"end {fmt_load(self.load_end)}", flush=True)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: RSS high-water mark
+
+class RSSPeak:
+    """Samples this process's RSS every `interval` s in a thread (psutil): the peak of a window.
+
+    `ru_maxrss` (getrusage) is a process-lifetime high-water mark that cannot be reset, so the
+    window's own peak comes from sampling; `ru_maxrss` is reported beside it.
+    """
+
+    def __init__(self, interval: float = 0.01):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.start_rss = self.peak = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self.start_rss = self.peak = self.proc.memory_info().rss
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        return {"rss_start_mib": self.start_rss / 2**20, "rss_peak_mib": self.peak / 2**20,
+                "rss_delta_mib": (self.peak - self.start_rss) / 2**20,
+                "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+def hh_pairs():
+    """The shared HH-RLHF pairs as mars reads them (4 records with an empty response skipped)."""
+    from mars.data.sources import load_pairs
+
+    return load_pairs("hh_rlhf", path=str(HH_PATH), on_error="skip").pairs
+
+
+def hh_raw_rows() -> list[dict]:
+    with gzip.open(HH_PATH, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def raw_row_of(pair, rows: list[dict]) -> dict:
+    """The original `{"chosen", "rejected"}` dialogue strings of a pair loaded by `hh_pairs()`."""
+    return rows[int(pair.id.rsplit("-", 1)[1])]
+
+
+def write_hh_jsonl_gz(rows: list[dict], path: Path) -> str:
+    """HH-format rows to a temporary file (outside the repository), for `data.path=`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({"chosen": r["chosen"], "rejected": r["rejected"]}) + "\n")
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real config
+
+def compose(overrides: list[str], output_dir: Path, name: str = "train"):
+    """`conf/train.yaml` composed with `overrides` (as `tests/conftest.py` does), paths in `output_dir`."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = hydra_compose(config_name=name, overrides=overrides, return_hydra_config=False)
+    GlobalHydra.instance().clear()
+    output_dir = Path(output_dir)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir / "logs")
+        cfg.paths.cache_dir = str(output_dir / "cache")
+        cfg.paths.data_dir = str(DATA_DIR)
+    return cfg
+
+
+# Quiet, single-process runs: no progress bar / model summary printing (same for TRL: disable_tqdm).
+QUIET = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
+
+
+def quiet_logging() -> None:
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "mars",
+                 "transformers", "datasets", "trl", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except Exception:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Lightning callbacks and the round timer
+
+class EpochTimer(L.Callback):
+    """A Lightning callback timing every training epoch, validation excluded, and counting tokens.
+
+    Per epoch: `train_s` = on_train_epoch_start → on_train_epoch_end minus the validation that
+    Lightning runs inside that window. It includes data loading/collation, forward, backward,
+    optimiser and scheduler steps, per-step logging and the module's epoch-end metrics; it
+    excludes model loading, tokenisation (done once in `setup`) and the round building of
+    `train_dataloader()` (timed by `patch_round_timer`). Also: pairs, sequences, non-padding and
+    padded token counts, loadavg at the epoch's start and end. With `memory=True` an RSS sampler
+    runs from on_train_start to on_train_end.
+    """
+
+    def __init__(self, memory: bool = False):
+        self.epochs: list[dict] = []
+        self._cur: Optional[dict] = None
+        self._val_t0 = None
+        self.memory = RSSPeak() if memory else None
+        self.memory_result: dict = {}
+        self.train_window_s = None
+
+    def on_train_start(self, trainer, pl_module):
+        self._t_start = time.perf_counter()
+        if self.memory:
+            self.memory.start()
+
+    def on_train_end(self, trainer, pl_module):
+        self.train_window_s = time.perf_counter() - self._t_start
+        if self.memory:
+            self.memory_result = self.memory.stop()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._cur = {"epoch": trainer.current_epoch, "t0": time.perf_counter(), "val_s": 0.0,
+                     "pairs": 0, "tokens": 0, "padded": 0, "batches": 0, "load_start": loadavg()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        mask = batch["attention_mask"]
+        self._cur["pairs"] += int(batch["pair_index"].numel())
+        self._cur["tokens"] += int(mask.sum())
+        self._cur["padded"] += int(mask.numel())
+        self._cur["batches"] += 1
+
+    def on_validation_start(self, trainer, pl_module):
+        if self._cur is not None and not trainer.sanity_checking:
+            self._val_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module):
+        if self._val_t0 is not None and self._cur is not None:
+            self._cur["val_s"] += time.perf_counter() - self._val_t0
+            self._val_t0 = None
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        cur = self._cur
+        cur["t1"] = time.perf_counter()
+        cur["train_s"] = cur["t1"] - cur["t0"] - cur["val_s"]
+        cur["load_end"] = loadavg()
+        cur["pad_fraction"] = 1 - cur["tokens"] / max(1, cur["padded"])
+        self.epochs.append(cur)
+        self._cur = None
+
+
+def find_callback(trainer, cls):
+    return next(c for c in trainer.callbacks if isinstance(c, cls))
+
+
+ROUND_TIMES: list[dict] = []
+
+
+def patch_round_timer() -> None:
+    """Time `PreferenceDataModule.train_dataloader` (where the MARS round is built) from outside.
+
+    Wraps the method on the class in *this* process only; mars's code is not changed.
+    """
+    from mars.data.datamodule import PreferenceDataModule
+
+    if getattr(PreferenceDataModule.train_dataloader, "_bench_wrapped", False):
+        return
+    original = PreferenceDataModule.train_dataloader
+
+    def timed(self):
+        t0 = time.perf_counter()
+        out = original(self)
+        epoch = self.trainer.current_epoch if self.trainer else -1
+        ROUND_TIMES.append({"epoch": epoch, "round_s": time.perf_counter() - t0,
+                            "report": {k: v for k, v in (self.last_report or {}).items()
+                                       if isinstance(v, (int, float, bool))}})
+        return out
+
+    timed._bench_wrapped = True
+    PreferenceDataModule.train_dataloader = timed
+
+
+def non_embedding_params(model) -> int:
+    """Parameters outside the embedding tables (word, position, token type)."""
+    total = 0
+    for name, p in model.named_parameters():
+        if "embeddings" in name and "LayerNorm" not in name:
+            continue
+        total += p.numel()
+    return total
+
+
+def write_json(path: Optional[str], obj) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2, default=str)

@@ -1,0 +1,325 @@
+"""Training throughput of mars against TRL's RewardTrainer, side by side, on the same work.
+
+    .venv/bin/python bench/train_vs_trl.py            # full: 512 train pairs, 500 held out
+    .venv/bin/python bench/train_vs_trl.py --quick    # 48 train pairs, 40 held out (a smoke run)
+
+Same model (the embedded all-MiniLM-L6-v2, `mars.model.backbone.resolve("minilm")`), same data
+(the first N HH-RLHF pairs of the shared file to train on; the last M pairs held out, never
+trained on), max length 256, 8 pairs per batch, 1 epoch, fp32, one process each, the same
+optimisation recipe (AdamW lr 5e-5, weight decay 0.01, 10% linear warm-up then linear decay,
+gradient clipping 1.0, dropout on, no gradient checkpointing: TRL's own defaults differ in
+learning rate 1e-4, gradient checkpointing on and dropout off, and are overridden here so that
+both do the same work). Each framework runs in its own child process (clean memory figures,
+no cross-talk); the parent prints the table.
+
+mars runs the real path: the composed `conf/train.yaml` with data=hh_rlhf_offline (data.path /
+val_path pointing at temporary HH-format copies of the chosen pairs), allocator=none
+augmenter=none, through `train.train(cfg)`. TRL gets the HH dialogues as they are (its
+"standard, implicit prompt" preference format: full `chosen` and `rejected` dialogue strings).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common as C
+
+HERE = Path(__file__).resolve()
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers (child processes)
+
+def worker_mars(args) -> dict:
+    C.quiet_logging()
+    import train as train_script
+
+    tmp = Path(args.tmp)
+    out_dir = tmp / f"mars_run_{args.tag}"
+    cfg = C.compose([
+        "data=hh_rlhf_offline", f"data.path={tmp / 'train.jsonl.gz'}",
+        f"data.val_path={tmp / 'heldout.jsonl.gz'}", f"data.test_path={tmp / 'heldout.jsonl.gz'}",
+        f"data.train_size={args.train}", f"backbone.max_length={args.max_length}",
+        f"data.batch_size={args.batch}", "data.eval_batch_size=64",
+        "allocator=none", "augmenter=none", "trainer.max_epochs=1", "~logger", "callbacks=none",
+        "test=false", "export=false", "seed=42",
+        "+callbacks.bench_timer._target_=_common.EpochTimer", "+callbacks.bench_timer.memory=true",
+        *C.QUIET,
+    ], out_dir)
+    t0 = time.perf_counter()
+    metrics, objs = train_script.train(cfg)
+    total = time.perf_counter() - t0
+    timer = C.find_callback(objs["trainer"], C.EpochTimer)
+    ep = timer.epochs[0]
+    dm, module = objs["datamodule"], objs["model"]
+    # Per-pair held-out margins (for the subset comparison); val/acc is mars's own metric on the same pairs.
+    from mars.evaluation import score_pairs
+
+    heldout = dm.splits["val"]
+    with C.Measure() as m_eval:
+        rc, rr, _ = score_pairs(module, heldout, batch_size=64)
+    return {
+        "framework": "mars", "train_s": ep["train_s"], "val_s_excluded": ep["val_s"],
+        "fit_wall_s": total, "pairs": ep["pairs"], "pairs_offered": args.train,
+        "tokens": ep["tokens"], "padded_tokens": ep["padded"], "pad_fraction": ep["pad_fraction"],
+        "batches": ep["batches"], "truncated_train": dm.truncated.get("train"),
+        "truncated_heldout": dm.truncated.get("val"), "heldout_acc_metric": metrics.get("val/acc"),
+        "heldout_margins": (rc - rr).tolist(), "heldout_ids": [p.id for p in heldout],
+        "memory": timer.memory_result, "load_start": ep["load_start"], "load_end": ep["load_end"],
+        "eval_s": m_eval.seconds,
+        "included": "on_train_epoch_start→on_train_epoch_end minus validation: batches (sampler, "
+                    "collate), forward, backward, clip, AdamW, LR step, step logging, epoch metrics",
+    }
+
+
+def worker_trl(args) -> dict:
+    C.quiet_logging()
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    from mars.model.backbone import resolve
+
+    tmp = Path(args.tmp)
+    with open(tmp / "trl.json") as f:
+        data = json.load(f)
+    path = resolve("minilm")
+    tok = AutoTokenizer.from_pretrained(path)
+
+    class CountingCollator:
+        """TRL's own collator, counting non-padding and padded tokens of every batch."""
+
+        def __init__(self, inner):
+            self.inner, self.tokens, self.padded, self.pairs, self.batches = inner, 0, 0, 0, 0
+
+        def __call__(self, examples):
+            out = self.inner(examples)
+            self.tokens += int(out["attention_mask"].sum())
+            self.padded += int(out["attention_mask"].numel())
+            self.pairs += len(examples)
+            self.batches += 1
+            return out
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, a, state, control, **kw):
+            self.load_start = C.loadavg()
+            self.mem = C.RSSPeak()
+            self.mem.start()
+            self.t0 = time.perf_counter()
+
+        def on_train_end(self, a, state, control, **kw):
+            self.seconds = time.perf_counter() - self.t0
+            self.memory = self.mem.stop()
+            self.load_end = C.loadavg()
+
+    collator = CountingCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id))
+    timer = Timer()
+    cfg = RewardConfig(
+        output_dir=str(tmp / f"trl_out_{args.tag}"), per_device_train_batch_size=args.batch,
+        num_train_epochs=1, max_length=args.max_length, learning_rate=5e-5, weight_decay=0.01,
+        warmup_steps=0.1, lr_scheduler_type="linear", max_grad_norm=1.0, report_to=[], use_cpu=True,
+        bf16=False, fp16=False, save_strategy="no", eval_strategy="no", logging_steps=10**6,
+        dataloader_num_workers=0, center_rewards_coefficient=None, gradient_checkpointing=False,
+        disable_dropout=False, disable_tqdm=True, seed=42,
+        # MiniLM's BERT tokenizer has no EOS token, which TRL appends to standard-format text
+        # (and fails on None): the BERT separator stands in for it.
+        eos_token=tok.sep_token,
+    )
+    train_ds = Dataset.from_list(data["train"])
+    t_init = time.perf_counter()
+    trainer = RewardTrainer(model=path, args=cfg, train_dataset=train_ds, processing_class=tok,
+                            data_collator=collator, callbacks=[timer])
+    init_s = time.perf_counter() - t_init
+    kept = len(trainer.train_dataset)
+    trainer.train()
+
+    # Held-out accuracy with the trained model, in the text format it trained on (dialogue + EOS).
+    # Over-long held-out pairs are scored with left truncation to max_length (the end of the dialogue stays).
+    model = trainer.model.eval()
+    eval_tok = AutoTokenizer.from_pretrained(path)
+    eval_tok.truncation_side = "left"
+    heldout = data["heldout"]
+    texts = [h["chosen"] + tok.sep_token for h in heldout] + [h["rejected"] + tok.sep_token for h in heldout]
+    enc = eval_tok(texts, truncation=True, max_length=args.max_length)["input_ids"]
+    full_len = [len(x) for x in tok(texts)["input_ids"]]
+    order = np.argsort([-len(x) for x in enc], kind="stable")
+    rewards = np.zeros(len(texts))
+    with C.Measure() as m_eval, torch.inference_mode():
+        for b in range(0, len(order), 128):
+            idx = order[b:b + 128]
+            width = max(len(enc[i]) for i in idx)
+            ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, :len(enc[i])] = torch.tensor(enc[i])
+                mask[r, :len(enc[i])] = 1
+            rewards[idx] = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).double().numpy()
+    n = len(heldout)
+    margins = rewards[:n] - rewards[n:]
+    fits = [full_len[i] <= args.max_length and full_len[n + i] <= args.max_length for i in range(n)]
+    return {
+        "framework": "trl", "train_s": timer.seconds, "init_s": init_s, "pairs": collator.pairs,
+        "pairs_offered": len(data["train"]), "pairs_kept": kept, "tokens": collator.tokens,
+        "padded_tokens": collator.padded, "pad_fraction": 1 - collator.tokens / max(1, collator.padded),
+        "batches": collator.batches, "heldout_margins": margins.tolist(), "heldout_fits": fits,
+        "memory": timer.memory, "load_start": timer.load_start, "load_end": timer.load_end,
+        "eval_s": m_eval.seconds,
+        "included": "Trainer on_train_begin→on_train_end: batches (sampler, TRL collator), forward, "
+                    "backward, clip, AdamW, LR step, TRL's per-step metric gathering",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent
+
+def prepare(args, tmp: Path) -> dict:
+    pairs = C.hh_pairs()
+    rows = C.hh_raw_rows()
+    train, heldout = pairs[:args.train], pairs[-args.heldout:]
+    assert not {p.content_hash() for p in train} & {p.content_hash() for p in heldout}
+    train_rows = [C.raw_row_of(p, rows) for p in train]
+    held_rows = [C.raw_row_of(p, rows) for p in heldout]
+    C.write_hh_jsonl_gz(train_rows, tmp / "train.jsonl.gz")
+    C.write_hh_jsonl_gz(held_rows, tmp / "heldout.jsonl.gz")
+    with open(tmp / "trl.json", "w") as f:
+        json.dump({"train": [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in train_rows],
+                   "heldout": [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in held_rows]}, f)
+    return {"train_ids": [p.id for p in train], "heldout_ids": [p.id for p in heldout]}
+
+
+def run_worker(framework: str, args, tmp: Path, tag: str) -> dict:
+    out = tmp / f"{framework}_{tag}.json"
+    cmd = [sys.executable, str(HERE), "--worker", framework, "--tmp", str(tmp), "--tag", tag,
+           "--result", str(out), "--train", str(args.train), "--heldout", str(args.heldout),
+           "--max-length", str(args.max_length), "--batch", str(args.batch)]
+    with C.Measure(f"{framework} process (load + tokenise + train + held-out scoring)") as m:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise SystemExit(f"{framework} worker failed ({proc.returncode})")
+    with open(out) as f:
+        res = json.load(f)
+    res["process_s"] = m.seconds
+    return res
+
+
+def acc(margins, mask=None) -> float:
+    import numpy as np
+
+    m = np.asarray(margins)
+    if mask is not None:
+        m = m[np.asarray(mask, dtype=bool)]
+    return float((m > 0).mean()) if len(m) else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    ap.add_argument("--train", type=int, default=512)
+    ap.add_argument("--heldout", type=int, default=500)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each framework (alternating order)")
+    ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--worker", choices=["mars", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)
+    ap.add_argument("--tag", default="0", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        res = (worker_mars if args.worker == "mars" else worker_trl)(args)
+        C.write_json(args.result, res)
+        return
+    if args.quick:
+        args.train, args.heldout = 48, 40
+
+    C.print_machine()
+    load0 = C.loadavg()
+    print(f"train_vs_trl: {args.train} train pairs (first of the file), {args.heldout} held out (last), "
+          f"max_length {args.max_length}, {args.batch} pairs/batch, 1 epoch, fp32, repeats {args.repeats}; "
+          f"loadavg {C.fmt_load(load0)}", flush=True)
+    runs = {"mars": [], "trl": []}
+    with tempfile.TemporaryDirectory(prefix="mars_bench_trl_") as d:
+        tmp = Path(d)
+        ids = prepare(args, tmp)
+        for r in range(args.repeats):
+            for fw in (("mars", "trl") if r % 2 == 0 else ("trl", "mars")):
+                res = run_worker(fw, args, tmp, f"r{r}")
+                runs[fw].append(res)
+                print(f"  {fw} run {r}: {res['pairs'] / res['train_s']:.2f} pairs/s over {res['pairs']} pairs "
+                      f"({res['train_s']:.1f} s training); loadavg {C.fmt_load(tuple(res['load_start']))} → "
+                      f"{C.fmt_load(tuple(res['load_end']))}", flush=True)
+    load1 = C.loadavg()
+
+    fits = runs["trl"][0]["heldout_fits"]
+    summary = {}
+    for fw, rs in runs.items():
+        s = {
+            "pairs_per_s": C.median([r["pairs"] / r["train_s"] for r in rs]),
+            "tokens_per_s": C.median([r["tokens"] / r["train_s"] for r in rs]),
+            "train_s": C.median([r["train_s"] for r in rs]),
+            "pad_fraction": C.median([r["pad_fraction"] for r in rs]),
+            "peak_rss_mib": C.median([r["memory"]["rss_peak_mib"] for r in rs]),
+            "rss_delta_mib": C.median([r["memory"]["rss_delta_mib"] for r in rs]),
+            "ru_maxrss_mib": C.median([r["memory"]["ru_maxrss_mib"] for r in rs]),
+            "pairs_trained": rs[0]["pairs"], "pairs_offered": rs[0]["pairs_offered"],
+            "heldout_acc": C.median([acc(r["heldout_margins"]) for r in rs]),
+            "heldout_acc_fitting": C.median([acc(r["heldout_margins"], fits) for r in rs]),
+        }
+        summary[fw] = s
+    m, t = summary["mars"], summary["trl"]
+    n_fit = sum(fits)
+    print()
+    print(f"{'':34}{'mars':>14}{'TRL':>14}")
+    rows = [
+        ("pairs/s (training only)", "pairs_per_s", "{:.2f}"),
+        ("non-padding tokens/s", "tokens_per_s", "{:.0f}"),
+        ("training time (s)", "train_s", "{:.1f}"),
+        ("padding fraction", "pad_fraction", "{:.3f}"),
+        ("peak RSS during training (MiB)", "peak_rss_mib", "{:.0f}"),
+        ("  growth over train start (MiB)", "rss_delta_mib", "{:.0f}"),
+        ("  process ru_maxrss (MiB)", "ru_maxrss_mib", "{:.0f}"),
+        (f"held-out acc (all {args.heldout})", "heldout_acc", "{:.4f}"),
+        (f"held-out acc ({n_fit} fitting TRL's limit)", "heldout_acc_fitting", "{:.4f}"),
+    ]
+    for label, key, f in rows:
+        print(f"{label:34}{f.format(m[key]):>14}{f.format(t[key]):>14}")
+    mars_trunc = runs["mars"][0]["truncated_train"]
+    print(f"{'pairs kept / offered':34}{m['pairs_trained']:>9}/{m['pairs_offered']:<4}"
+          f"{t['pairs_trained']:>9}/{t['pairs_offered']:<4}")
+    print(f"  mars truncated {mars_trunc} of {m['pairs_offered']} training pairs (kept, counted); TRL dropped "
+          f"{t['pairs_offered'] - t['pairs_trained']} over-long pairs ({1 - t['pairs_trained'] / t['pairs_offered']:.1%}).")
+    print("  memory: RSS sampled every 10 ms by a psutil thread from train start to train end "
+          "(peak and growth); ru_maxrss: the worker process's lifetime high-water mark (getrusage).")
+    print(f"  timing: mars = {runs['mars'][0]['included']}; TRL = {runs['trl'][0]['included']}. "
+          "Model loading, tokenisation and held-out scoring are outside both.")
+    print("  TRL text: each HH dialogue string as it is (chosen/rejected, implicit prompt) + its EOS "
+          "('[SEP]': MiniLM has no EOS token); held-out pairs over its limit scored with left truncation.")
+    print(f"  mars held-out acc from its own val/acc metric: "
+          f"{C.median([r['heldout_acc_metric'] for r in runs['mars']]):.4f}")
+    print(f"  loadavg: start {C.fmt_load(load0)}, end {C.fmt_load(load1)}")
+    ratio_pps = m["pairs_per_s"] / t["pairs_per_s"]
+    ratio_tok = m["tokens_per_s"] / t["tokens_per_s"]
+    ratio_acc = m["heldout_acc"] / t["heldout_acc"]
+    print(f"  ratio mars/TRL: pairs/s {ratio_pps:.2f}x, non-padding tokens/s {ratio_tok:.2f}x, "
+          f"held-out acc {ratio_acc:.3f}x")
+    C.write_json(args.json, {"args": vars(args), "summary": summary, "runs": runs, "ids": ids,
+                             "load": [load0, load1], "machine": C.machine()})
+    print(f"SUMMARY train_vs_trl: mars {m['pairs_per_s']:.2f} pairs/s vs TRL {t['pairs_per_s']:.2f} pairs/s "
+          f"({ratio_pps:.2f}x); padding {m['pad_fraction']:.1%} vs {t['pad_fraction']:.1%}; kept "
+          f"{m['pairs_trained']}/{m['pairs_offered']} vs {t['pairs_trained']}/{t['pairs_offered']}; held-out acc "
+          f"{m['heldout_acc']:.3f} vs {t['heldout_acc']:.3f} ({ratio_acc:.3f}x); median of {args.repeats} run(s); "
+          f"loadavg {C.fmt_load(load0)} → {C.fmt_load(load1)}")
+
+
+if __name__ == "__main__":
+    main()
