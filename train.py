@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from mars.config import validate
 from mars.data.datamodule import PreferenceDataModule
+from mars.evaluation import score_pairs
 from mars.export import export_reward_model, load_weights
 from mars.loop import MarsLoop
 from mars.model.module import RewardModule
@@ -49,6 +50,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        if trainer.is_global_zero:  # per-pair rewards: paired comparisons and bootstrap across runs
+            pairs = datamodule.splits["test"]
+            r_chosen, r_rejected, _ = score_pairs(model, pairs, datamodule.cfg.eval_batch_size)
+            with open(os.path.join(cfg.paths.output_dir, "test_scores.json"), "w") as f:
+                json.dump({"ids": [p.id for p in pairs], "r_chosen": r_chosen.tolist(),
+                           "r_rejected": r_rejected.tolist()}, f)
     if cfg.get("export") and trainer.is_global_zero:
         if best:
             load_weights(model, best)
@@ -59,6 +66,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         with open(os.path.join(cfg.paths.output_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
         log.info("final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":  # each job of a multirun gets its own W&B run
+            logger.experiment.finish()
     return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 

@@ -124,9 +124,9 @@ def test_eval_script_end_to_end(export, tmp_path):
     from eval import evaluate
 
     cfg = compose_config("eval", [f"model={export}", "data=demo", "bootstrap=50"], tmp_path)
-    result = evaluate(cfg)
-    written = json.loads((tmp_path / "eval.json").read_text())
-    assert written["pairs"] == result["pairs"] == 200 and written["split"] == "test"
+    (result,) = evaluate(cfg).values()
+    (written,) = json.loads((tmp_path / "eval.json").read_text())["models"].values()
+    assert written["pairs"] == result["pairs"] == 200
     metrics = written["metrics"]
     assert {"acc", "auc", "ece", "snr", "margin_mean"} <= set(metrics)
     assert all(m["lo"] <= m["value"] <= m["hi"] for m in metrics.values() if np.isfinite(m["value"]))
@@ -135,3 +135,27 @@ def test_eval_script_end_to_end(export, tmp_path):
     overall = sum(g["acc"] * g["pairs"] for g in difficulty.values()) / 200
     assert overall == pytest.approx(metrics["acc"]["value"])
     assert "rewardbench_score" not in written and "section" not in written["groups"]
+
+
+def test_report_side_by_side_with_rounds(export, tmp_path):
+    """Two models, one given as a run folder with round reports: tables for both, valid PNGs."""
+    import shutil
+
+    from eval import evaluate
+
+    run = tmp_path / "run_a"
+    shutil.copytree(export, run / "export")
+    (run / "rounds").mkdir()
+    rng = np.random.default_rng(0)
+    margins = rng.normal(size=30)
+    (run / "rounds" / "round_01.json").write_text(json.dumps({
+        "round": 1, "margins": margins.tolist(), "allocation": (5 * np.exp(-np.abs(margins))).round().tolist(),
+        "fisher_bins": [{"mean_curvature": 0.2, "fisher_min_eig": 0.01}, {"mean_curvature": 0.1, "fisher_min_eig": 0.0}]}))
+    out = tmp_path / "report"
+    cfg = compose_config("eval", [f"model=[{run},{export}]", "data=demo", "bootstrap=20", f"output_dir={out}"], tmp_path)
+    results = evaluate(cfg)
+    assert list(results) == ["run_a", "export"] or len(results) == 2
+    report = (out / "report.md").read_text()
+    assert "run_a" in report and "Accuracy by difficulty" in report
+    for png in ("accuracy_margins.png", "rounds.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -38,6 +38,8 @@ def test_every_logger_gets_metrics_and_rounds(tmp_path, monkeypatch):
     assert (tmp_path / "rounds" / "round_01.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
-    config = (run / "files" / "config.yaml").read_text()
-    assert "allocator" in config and "budget" in config
-    assert list(run.glob("*.wandb"))
+    (records,) = run.glob("*.wandb")  # offline: config, history and summary in one record file
+    data = records.read_bytes()
+    for expected in (b"allocator", b"budget", b"val/acc", b"round/curvature_ratio", b"round/margin_hist"):
+        assert expected in data, expected
+    assert list((run / "files" / "media").rglob("*.png"))  # the allocation plot

@@ -1,0 +1,176 @@
+"""Wall time of one MARS round/epoch (allocator=mars augmenter=eda) against allocator=none, same |D^t|.
+
+    .venv/bin/python bench/mars_overhead.py           # |D0| 240, B 96 (|D^t| 336), MiniLM, max_length 128
+    .venv/bin/python bench/mars_overhead.py --quick   # |D0| 24, B 8 (a smoke run)
+
+mars: the real `train.train(cfg)` with data=hh_rlhf_offline, data.train_size=|D0|, allocator=mars
+augmenter=eda, loop.budget=B, loop.warmup_epochs=1 and loop.accumulate=false (every round trains
+on D0 ∪ D_syn^t, |D^t| = |D0| + B, so every round is a repeat of the same amount of work),
+1 warm-up epoch + R rounds. none: allocator=none augmenter=none with data.train_size=|D0|+B (the
+same split seed: its first |D0| pairs are mars's D0), 1 + R epochs, the first dropped (it matches
+mars's warm-up epoch, which is not timed either).
+
+Per round/epoch: t = time in the DataModule's `train_dataloader()` (the MARS round: prediction
+pass over D0, allocation, augmentation from the cache, D^t, round logging with its JSON and PNG,
+tokenising D^t) + the training epoch (callback, validation excluded). Overhead = (t_mars −
+t_none)/t_mars on medians. The EDA variants are generated into a temporary SQLite cache before the
+timed run (the augmenter of the composed config asked for every base pair with more variants than
+a round requests), so the timed rounds read them from the cache; the rounds' `augment_generated`
+counts are printed to show it. Target: overhead ≤ 10%.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import _common as C
+
+
+COMPONENTS: dict = {}
+
+
+def wrap_components() -> None:
+    """Time the prediction pass (DataModule.score) and round logging inside the round (this process only)."""
+    import mars.data.datamodule as dmod
+
+    stats = COMPONENTS
+
+    if getattr(dmod.PreferenceDataModule.score, "_bench_wrapped", False):
+        return
+    score, log_round = dmod.PreferenceDataModule.score, dmod.log_round
+
+    def timed_score(self, pairs, features=False):
+        t0 = time.perf_counter()
+        out = score(self, pairs, features)
+        stats.setdefault("score", []).append((self.trainer.current_epoch, time.perf_counter() - t0, len(pairs)))
+        return out
+
+    def timed_log_round(trainer, *a, **k):
+        t0 = time.perf_counter()
+        out = log_round(trainer, *a, **k)
+        stats.setdefault("log_round", []).append((trainer.current_epoch, time.perf_counter() - t0))
+        return out
+
+    timed_score._bench_wrapped = True
+    dmod.PreferenceDataModule.score = timed_score
+    dmod.log_round = timed_log_round
+
+
+def prefill(cfg, n_variants: int) -> dict:
+    """Generate EDA variants for every base pair into the config's cache (what a first run would do)."""
+    import hydra
+
+    from mars.augmenters.base import VariantRequest
+    from mars.config import validate
+    from mars.data.splits import load_splits
+
+    typed = validate(cfg)
+    augmenter = hydra.utils.instantiate(cfg.augmenter)
+    base = augmenter.prepare(load_splits(typed["data"])["train"])
+    requests = []
+    for p in base:
+        requests += [VariantRequest(p.chosen, "chosen", p.prompt, p.rejected, n_variants),
+                     VariantRequest(p.rejected, "rejected", p.prompt, p.chosen, n_variants)]
+    augmenter.augment(requests)
+    return augmenter.stats
+
+
+def run(kind: str, d0: int, budget: int, rounds: int, max_length: int, batch: int, root: Path,
+        prefill_n: int) -> dict:
+    import train as train_script
+
+    C.ROUND_TIMES.clear()
+    COMPONENTS.clear()
+    comp = COMPONENTS
+    wrap_components()
+    C.patch_round_timer()
+    common = ["data=hh_rlhf_offline", "data.val_size=32", "data.test_size=32", f"backbone.max_length={max_length}",
+              f"data.batch_size={batch}", f"trainer.max_epochs={rounds + 1}", "~logger", "callbacks=none",
+              "test=false", "export=false", "+callbacks.bench_timer._target_=_common.EpochTimer", *C.QUIET]
+    if kind == "mars":
+        over = [f"data.train_size={d0}", "allocator=mars", "augmenter=eda", f"loop.budget={budget}",
+                "loop.warmup_epochs=1", "loop.accumulate=false"]
+    else:
+        over = [f"data.train_size={d0 + budget}", "allocator=none", "augmenter=none"]
+    cfg = C.compose(common + over, root / kind)
+    fill = None
+    if kind == "mars":
+        with C.Measure("prefill EDA cache") as m:
+            fill = prefill(cfg, prefill_n)
+        fill = {**fill, "s": m.seconds}
+    with C.Measure(f"{kind}: fit ({rounds + 1} epochs, incl. start-up)"):
+        _, objs = train_script.train(cfg)
+    timer = C.find_callback(objs["trainer"], C.EpochTimer)
+    rounds_by_epoch = {r["epoch"]: r for r in C.ROUND_TIMES}
+    out = []
+    for e in timer.epochs:
+        r = rounds_by_epoch.get(e["epoch"], {"round_s": 0.0, "report": {}})
+        score_s = sum(s for ep, s, _ in comp.get("score", []) if ep == e["epoch"])
+        log_s = sum(s for ep, s in comp.get("log_round", []) if ep == e["epoch"])
+        out.append({"epoch": e["epoch"], "round_s": r["round_s"], "train_s": e["train_s"],
+                    "total_s": r["round_s"] + e["train_s"], "pairs": e["pairs"], "score_s": score_s,
+                    "log_round_s": log_s, "report": r["report"], "load_start": e["load_start"],
+                    "load_end": e["load_end"], "pad_fraction": e["pad_fraction"]})
+    return {"kind": kind, "epochs": out[1:], "warmup": out[0], "prefill": fill}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--d0", type=int, default=240)
+    ap.add_argument("--budget", type=int, default=96)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds/epochs (repeats)")
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--prefill-variants", type=int, default=8,
+                    help="variants per response put into the cache before the timed run")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if args.quick:
+        args.d0, args.budget, args.rounds = 24, 8, 2
+    C.quiet_logging()
+    C.print_machine()
+    load0 = C.loadavg()
+    print(f"mars_overhead: |D0|={args.d0}, B={args.budget}, |D^t|={args.d0 + args.budget}, MiniLM max_length "
+          f"{args.max_length}, {args.batch} pairs/batch, {args.rounds} timed rounds each; loadavg {C.fmt_load(load0)}",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="mars_bench_overhead_") as d:
+        res = {k: run(k, args.d0, args.budget, args.rounds, args.max_length, args.batch, Path(d),
+                      args.prefill_variants) for k in ("none", "mars")}
+    load1 = C.loadavg()
+    for k in ("none", "mars"):
+        for e in res[k]["epochs"]:
+            rep = e["report"]
+            extra = (f", prediction pass {e['score_s']:.2f} s, round logging {e['log_round_s']:.2f} s, "
+                     f"augment generated {rep.get('augment_generated', 0)} / cache hits {rep.get('augment_cache_hits', 0)}"
+                     if k == "mars" else "")
+            print(f"  {k} epoch {e['epoch']}: {e['total_s']:.1f} s = round {e['round_s']:.2f} s + training "
+                  f"{e['train_s']:.1f} s ({e['pairs']} pairs{extra}); loadavg {C.fmt_load(e['load_start'])} → "
+                  f"{C.fmt_load(e['load_end'])}")
+    med = {k: {f: C.median([e[f] for e in res[k]["epochs"]]) for f in
+               ("total_s", "round_s", "train_s", "score_s", "log_round_s", "pairs")} for k in res}
+    t_m, t_n = med["mars"]["total_s"], med["none"]["total_s"]
+    overhead = (t_m - t_n) / t_m
+    other = med["mars"]["round_s"] - med["mars"]["score_s"] - med["mars"]["log_round_s"]
+    print()
+    print(f"{'median per round/epoch':28}{'none':>10}{'mars':>10}")
+    for label, f in (("total (s)", "total_s"), ("round / train_dataloader (s)", "round_s"),
+                     ("training (s)", "train_s"), ("pairs trained", "pairs")):
+        print(f"{label:28}{med['none'][f]:>10.2f}{med['mars'][f]:>10.2f}")
+    print(f"  mars round = prediction pass {med['mars']['score_s']:.2f} s + round logging (JSON, PNG) "
+          f"{med['mars']['log_round_s']:.2f} s + allocation/augmentation/D^t/tokenising {other:.2f} s")
+    print(f"  overhead (t_mars - t_none) / t_mars = {overhead:.1%} (target <= 10%: "
+          f"{'met' if overhead <= 0.10 else 'NOT met'})")
+    print(f"  loadavg: start {C.fmt_load(load0)}, end {C.fmt_load(load1)}")
+    C.write_json(args.json, {"args": vars(args), "results": res, "medians": med, "overhead": overhead,
+                             "load": [load0, load1], "machine": C.machine()})
+    print(f"SUMMARY mars_overhead: {t_m:.1f} s per MARS round vs {t_n:.1f} s per plain epoch at |D^t|="
+          f"{args.d0 + args.budget}: overhead {overhead:.1%} (target 10% {'met' if overhead <= 0.10 else 'NOT met'}); "
+          f"prediction pass {med['mars']['score_s']:.1f} s of it; medians of {args.rounds} rounds; loadavg "
+          f"{C.fmt_load(load0)} → {C.fmt_load(load1)}")
+
+
+if __name__ == "__main__":
+    main()
