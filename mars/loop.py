@@ -99,12 +99,16 @@ class MarsLoop:
         copies = np.ones(len(self.base))
         for p in self.synthetic:
             copies[p.meta["base_index"]] += 1
+        noisy = np.array([bool(p.meta.get("noise", {}).get("selected")) for p in self.base])
         report = {"round": t, "warmup": False, "train_pairs": len(self.training_set()),
                   "synthetic_added": len(new), "synthetic_total": len(self.synthetic),
                   "shortfall": int(budget.sum()) - len(new),
                   **{f"augment_{k}": v - before.get(k, 0) for k, v in self.augmenter.stats.items()},
                   **round_report(scores.margins, budget, copies, scores.features,
                                  self.cfg.fisher_bins, self.cfg.fisher_dim)}
+        if noisy.any():  # data with known flipped labels (robustness studies): where the budget went
+            report["budget_on_flipped_fraction"] = float(budget[noisy].sum() / max(1, budget.sum()))
+            report["flipped_fraction"] = float(noisy.mean())
         self.history.append({**report, "allocation": budget.tolist(), "margins": scores.margins.tolist()})
         return report
 

@@ -84,6 +84,10 @@ def summarise(runs: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
             lo_hi = {k: np.nanpercentile([b[k] for b in boot[method]], [2.5, 97.5]) for k in REPORTED}
             table[method] = {k: {"mean": point[k], "lo": float(min(lo_hi[k][0], point[k])),
                                  "hi": float(max(lo_hi[k][1], point[k]))} for k in REPORTED} | {"seeds": len(rs)}
+            flipped = [r["budget_on_flipped_fraction"] for run in rs for r in run["rounds"]
+                       if "budget_on_flipped_fraction" in r]
+            if flipped:  # known label noise: the share of the budget spent on flipped pairs
+                table[method]["budget_on_flipped"] = float(np.mean(flipped))
         for mars in ("mars_abs", "mars_signed"):
             if mars in methods and "uniform" in methods:
                 delta = np.array([b["acc"] for b in boot[mars]]) - np.array([b["acc"] for b in boot["uniform"]])
@@ -103,6 +107,9 @@ def markdown(summary: dict) -> str:
                 continue
             cell = lambda k: f"{row[k]['mean']:.3f} [{row[k]['lo']:.3f}, {row[k]['hi']:.3f}]"  # noqa: E731
             lines.append(f"| {method} | {row['seeds']} | {cell('acc')} | {cell('snr')} | {cell('auc')} | {cell('ece')} |")
+        for method, row in table.items():
+            if "budget_on_flipped" in row:
+                lines.append(f"\n{method}: {row['budget_on_flipped']:.3f} of the budget on flipped pairs")
         for method, row in table.items():
             if " - " in method:
                 a = row["acc"]
