@@ -229,3 +229,10 @@ def test_each_allocator_on_real_hh_rlhf_pairs(allocator, tmp_path):
         assert round1["curvature_ratio"] > 1.0
     if allocator == "west_of_n":  # each kept candidate beats the ones left out, by the round's model
         assert all(p.meta["base_index"] < 200 for p in loop.synthetic)
+
+
+def test_budget_schedule_sets_each_rounds_budget():
+    loop = make_loop(MarsAllocator(0.5), budget_schedule=[10, 20])
+    scorer = FixedScorer(np.zeros(20))
+    added = [loop.build_round(e, scorer)["synthetic_added"] for e in range(3)]
+    assert added == [10, 20, 20] and [loop.planned_size(e) for e in range(3)] == [30, 50, 70]

@@ -132,6 +132,12 @@ class PreferenceDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
+    def margins_by_id(self, predictions: list[dict], split: str = "test") -> dict[str, float]:
+        """`trainer.predict` output (batches of pair_index, margin) as {pair id: Δ}."""
+        pairs = self.splits[split]
+        return {pairs[i].id: float(m) for batch in predictions
+                for i, m in zip(batch["pair_index"].tolist(), batch["margin"].tolist())}
+
     def planned_optimizer_steps(self, trainer) -> int:
         """Steps of the whole run, with D^t growing as planned (the LR schedule's horizon)."""
         world, accumulate = trainer.world_size, trainer.accumulate_grad_batches
