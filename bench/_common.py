@@ -70,6 +70,22 @@ def print_machine() -> dict:
     return m
 
 
+def add_threads_arg(ap) -> None:
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads (0: torch's default, one per core). With other work "
+                         "on the machine, 2 OpenMP threads on 2 shared cores wait on each other at every "
+                         "parallel region; 1 thread then measures more steadily")
+
+
+def apply_threads(n: int) -> None:
+    """Set torch's threads in this process and (through OMP_NUM_THREADS) in child processes."""
+    if n and n > 0:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(n)
+        torch.set_num_threads(n)
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else float("nan")
@@ -230,6 +246,9 @@ class EpochTimer(L.Callback):
         self.train_window_s = None
 
     def on_train_start(self, trainer, pl_module):
+        import torch
+
+        self.threads = torch.get_num_threads()
         self._t_start = time.perf_counter()
         if self.memory:
             self.memory.start()

@@ -127,7 +127,9 @@ def main() -> None:
     ap.add_argument("--prefill-variants", type=int, default=8,
                     help="variants per response put into the cache before the timed run")
     ap.add_argument("--json")
+    C.add_threads_arg(ap)
     args = ap.parse_args()
+    C.apply_threads(args.threads)
     if args.quick:
         args.d0, args.budget, args.rounds = 24, 8, 2
     C.quiet_logging()

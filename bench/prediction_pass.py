@@ -97,7 +97,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="prediction passes")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--json")
+    C.add_threads_arg(ap)
     args = ap.parse_args()
+    C.apply_threads(args.threads)
     if args.quick:
         args.pairs, args.epochs, args.repeats = 32, 2, 2
     C.print_machine()

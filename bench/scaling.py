@@ -126,7 +126,9 @@ def main() -> None:
     ap.add_argument("--budget-d0", type=int, default=2000, help="|D0| for the budget sweep")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json")
+    C.add_threads_arg(ap)
     args = ap.parse_args()
+    C.apply_threads(args.threads)
     if args.quick:
         args.sizes, args.budget, args.budgets, args.budget_d0, args.repeats = [100, 200, 400], 100, [50, 100, 200], 200, 2
     C.quiet_logging()

@@ -48,7 +48,7 @@ def worker_mars(args) -> dict:
         f"data.train_size={args.train}", f"backbone.max_length={args.max_length}",
         f"data.batch_size={args.batch}", "data.eval_batch_size=64",
         "allocator=none", "augmenter=none", "trainer.max_epochs=1", "~logger", "callbacks=none",
-        "test=false", "export=false", "seed=42",
+        "test=false", "export=false", "seed=42", "+trainer.limit_val_batches=0",
         "+callbacks.bench_timer._target_=_common.EpochTimer", "+callbacks.bench_timer.memory=true",
         *C.QUIET,
     ], out_dir)
@@ -58,7 +58,8 @@ def worker_mars(args) -> dict:
     timer = C.find_callback(objs["trainer"], C.EpochTimer)
     ep = timer.epochs[0]
     dm, module = objs["datamodule"], objs["model"]
-    # Per-pair held-out margins (for the subset comparison); val/acc is mars's own metric on the same pairs.
+    # Held-out margins with mars's own scoring (`mars.evaluation.score_pairs`, as eval.py); validation
+    # during fit is switched off (limit_val_batches=0) so that the held-out set is scored once.
     from mars.evaluation import score_pairs
 
     heldout = dm.splits["val"]
@@ -69,11 +70,11 @@ def worker_mars(args) -> dict:
         "fit_wall_s": total, "pairs": ep["pairs"], "pairs_offered": args.train,
         "tokens": ep["tokens"], "padded_tokens": ep["padded"], "pad_fraction": ep["pad_fraction"],
         "batches": ep["batches"], "truncated_train": dm.truncated.get("train"),
-        "truncated_heldout": dm.truncated.get("val"), "heldout_acc_metric": metrics.get("val/acc"),
+        "truncated_heldout": dm.truncated.get("val"),
         "heldout_margins": (rc - rr).tolist(), "heldout_ids": [p.id for p in heldout],
         "memory": timer.memory_result, "load_start": ep["load_start"], "load_end": ep["load_end"],
-        "eval_s": m_eval.seconds,
-        "included": "on_train_epoch_start→on_train_epoch_end minus validation: batches (sampler, "
+        "eval_s": m_eval.seconds, "threads": timer.threads,
+        "included": "on_train_epoch_start→on_train_epoch_end (no validation): batches (sampler, "
                     "collate), forward, backward, clip, AdamW, LR step, step logging, epoch metrics",
     }
 
@@ -111,6 +112,7 @@ def worker_trl(args) -> dict:
 
     class Timer(TrainerCallback):
         def on_train_begin(self, a, state, control, **kw):
+            self.threads = torch.get_num_threads()
             self.load_start = C.loadavg()
             self.mem = C.RSSPeak()
             self.mem.start()
@@ -172,7 +174,7 @@ def worker_trl(args) -> dict:
         "padded_tokens": collator.padded, "pad_fraction": 1 - collator.tokens / max(1, collator.padded),
         "batches": collator.batches, "heldout_margins": margins.tolist(), "heldout_fits": fits,
         "memory": timer.memory, "load_start": timer.load_start, "load_end": timer.load_end,
-        "eval_s": m_eval.seconds,
+        "eval_s": m_eval.seconds, "threads": timer.threads,
         "included": "Trainer on_train_begin→on_train_end: batches (sampler, TRL collator), forward, "
                     "backward, clip, AdamW, LR step, TRL's per-step metric gathering",
     }
@@ -200,7 +202,7 @@ def run_worker(framework: str, args, tmp: Path, tag: str) -> dict:
     out = tmp / f"{framework}_{tag}.json"
     cmd = [sys.executable, str(HERE), "--worker", framework, "--tmp", str(tmp), "--tag", tag,
            "--result", str(out), "--train", str(args.train), "--heldout", str(args.heldout),
-           "--max-length", str(args.max_length), "--batch", str(args.batch)]
+           "--max-length", str(args.max_length), "--batch", str(args.batch), "--threads", str(args.threads)]
     with C.Measure(f"{framework} process (load + tokenise + train + held-out scoring)") as m:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -230,11 +232,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=1, help="runs of each framework (alternating order)")
     ap.add_argument("--json", help="write all results here")
+    C.add_threads_arg(ap)
     ap.add_argument("--worker", choices=["mars", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="0", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    C.apply_threads(args.threads)
     if args.worker:
         res = (worker_mars if args.worker == "mars" else worker_trl)(args)
         C.write_json(args.result, res)
@@ -256,7 +260,7 @@ def main() -> None:
                 res = run_worker(fw, args, tmp, f"r{r}")
                 runs[fw].append(res)
                 print(f"  {fw} run {r}: {res['pairs'] / res['train_s']:.2f} pairs/s over {res['pairs']} pairs "
-                      f"({res['train_s']:.1f} s training); loadavg {C.fmt_load(tuple(res['load_start']))} → "
+                      f"({res['train_s']:.1f} s training, {res['threads']} threads); loadavg {C.fmt_load(tuple(res['load_start']))} → "
                       f"{C.fmt_load(tuple(res['load_end']))}", flush=True)
     load1 = C.loadavg()
 
@@ -304,8 +308,8 @@ def main() -> None:
           "Model loading, tokenisation and held-out scoring are outside both.")
     print("  TRL text: each HH dialogue string as it is (chosen/rejected, implicit prompt) + its EOS "
           "('[SEP]': MiniLM has no EOS token); held-out pairs over its limit scored with left truncation.")
-    print(f"  mars held-out acc from its own val/acc metric: "
-          f"{C.median([r['heldout_acc_metric'] for r in runs['mars']]):.4f}")
+    print(f"  held-out pairs truncated by mars: {runs['mars'][0]['truncated_heldout']} of {args.heldout}; "
+          f"{args.heldout - n_fit} are over TRL's limit")
     print(f"  loadavg: start {C.fmt_load(load0)}, end {C.fmt_load(load1)}")
     ratio_pps = m["pairs_per_s"] / t["pairs_per_s"]
     ratio_tok = m["tokens_per_s"] / t["tokens_per_s"]

@@ -48,7 +48,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--json")
+    C.add_threads_arg(ap)
     args = ap.parse_args()
+    C.apply_threads(args.threads)
     if args.quick:
         args.n, args.matmul_repeats, args.pairs, args.epochs, args.passes = 1024, 3, 24, 2, 2
     import torch

@@ -50,6 +50,8 @@ def load_runs(study_dir: Path) -> list[dict]:
     for scores in sorted(study_dir.rglob("test_scores.json")):
         job = scores.parent
         cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        if "study" not in cfg:  # a run that is not part of a study
+            continue
         s = json.loads(scores.read_text())
         rounds = [json.loads(p.read_text()) for p in sorted((job / "rounds").glob("round_*.json"))]
         runs.append({"method": cfg["study"]["method"], "dataset": cfg["study"]["dataset"], "seed": cfg["seed"],
