@@ -92,18 +92,21 @@ def median(xs):
 
 
 class Measure:
-    """`with Measure("name") as m:` wall time (perf_counter) and loadavg at start and end."""
+    """`with Measure("name") as m:` wall time (perf_counter), this process's CPU time (all its
+    threads, `time.process_time`) and loadavg at start and end."""
 
     def __init__(self, name: str = "", quiet: bool = False):
         self.name, self.quiet = name, quiet
 
     def __enter__(self):
         self.load_start = loadavg()
+        self.c0 = time.process_time()
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
+        self.cpu_seconds = time.process_time() - self.c0
         self.load_end = loadavg()
         if not self.quiet and self.name:
             print(f"  [{self.name}] {self.seconds:.2f} s; loadavg start {fmt_load(self.load_start)}, "
@@ -259,7 +262,8 @@ class EpochTimer(L.Callback):
             self.memory_result = self.memory.stop()
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._cur = {"epoch": trainer.current_epoch, "t0": time.perf_counter(), "val_s": 0.0,
+        self._cur = {"epoch": trainer.current_epoch, "t0": time.perf_counter(), "c0": time.process_time(),
+                     "val_s": 0.0, "val_cpu_s": 0.0,
                      "pairs": 0, "tokens": 0, "padded": 0, "batches": 0, "load_start": loadavg()}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -272,6 +276,7 @@ class EpochTimer(L.Callback):
     def on_validation_start(self, trainer, pl_module):
         if self._cur is not None and not trainer.sanity_checking:
             self._val_t0 = time.perf_counter()
+            self._val_c0 = time.process_time()
 
     def on_validation_end(self, trainer, pl_module):
         if self._val_t0 is not None and self._cur is not None:
@@ -282,6 +287,7 @@ class EpochTimer(L.Callback):
         cur = self._cur
         cur["t1"] = time.perf_counter()
         cur["train_s"] = cur["t1"] - cur["t0"] - cur["val_s"]
+        cur["train_cpu_s"] = time.process_time() - cur["c0"] - cur["val_cpu_s"]
         cur["load_end"] = loadavg()
         cur["pad_fraction"] = 1 - cur["tokens"] / max(1, cur["padded"])
         self.epochs.append(cur)
@@ -307,10 +313,11 @@ def patch_round_timer() -> None:
     original = PreferenceDataModule.train_dataloader
 
     def timed(self):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = original(self)
         epoch = self.trainer.current_epoch if self.trainer else -1
         ROUND_TIMES.append({"epoch": epoch, "round_s": time.perf_counter() - t0,
+                            "round_cpu_s": time.process_time() - c0,
                             "report": {k: v for k, v in (self.last_report or {}).items()
                                        if isinstance(v, (int, float, bool))}})
         return out

@@ -106,6 +106,7 @@ def time_rounds(pairs, budget: int, repeats: int, root: Path, tag: str) -> dict:
             dm.train_dataloader()
         gen = loop.augmenter.stats["generated"] - before.get("generated", 0)
         runs.append({"build_round_s": m_build.seconds, "train_dataloader_s": m_full.seconds,
+                     "build_round_cpu_s": m_build.cpu_seconds, "train_dataloader_cpu_s": m_full.cpu_seconds,
                      "score_s": score_s[0] if score_s else None, "generated": gen,
                      "synthetic": report.get("synthetic_added"), "d_t": len(loop.training_set()),
                      "load_start": m_build.load_start, "load_end": m_full.load_end, "fill": r == 0})
@@ -114,6 +115,8 @@ def time_rounds(pairs, budget: int, repeats: int, root: Path, tag: str) -> dict:
             "build_round_s": C.median([x["build_round_s"] for x in timed]),
             "train_dataloader_s": C.median([x["train_dataloader_s"] for x in timed]),
             "score_s": C.median([x["score_s"] for x in timed]),
+            "build_round_cpu_s": C.median([x["build_round_cpu_s"] for x in timed]),
+            "train_dataloader_cpu_s": C.median([x["train_dataloader_cpu_s"] for x in timed]),
             "generated_in_timed": sum(x["generated"] for x in timed)}
 
 
@@ -159,11 +162,13 @@ def main() -> None:
     summary = {}
     for sweep, key, label in (("d0", "d0", "|D0|"), ("budget", "budget", "B")):
         rs = results[sweep]
-        print(f"{label:>6}{'build_round s':>15}{'ratio':>8}{'pred. pass s':>14}{'ratio':>8}{'full round s':>14}{'ratio':>8}")
-        ratios = {"build_round_s": [], "score_s": [], "train_dataloader_s": []}
+        print(f"{label:>6}{'build_round s':>15}{'ratio':>8}{'pred. pass s':>14}{'ratio':>8}{'full round s':>14}"
+              f"{'ratio':>8}{'build CPU s':>14}{'ratio':>8}{'full CPU s':>14}{'ratio':>8}")
+        fields = ("build_round_s", "score_s", "train_dataloader_s", "build_round_cpu_s", "train_dataloader_cpu_s")
+        ratios = {f: [] for f in fields}
         for i, r in enumerate(rs):
             cells = []
-            for f in ("build_round_s", "score_s", "train_dataloader_s"):
+            for f in fields:
                 ratio = r[f] / rs[i - 1][f] if i else None
                 if ratio:
                     ratios[f].append(ratio)
@@ -180,7 +185,8 @@ def main() -> None:
     f = lambda xs: "/".join(f"{x:.2f}" for x in xs)  # noqa: E731
     print(f"SUMMARY scaling: build_round growth per doubling of |D0| {f(summary['d0']['build_round_s'])}x, "
           f"of B {f(summary['budget']['build_round_s'])}x; full round (train_dataloader) "
-          f"{f(summary['d0']['train_dataloader_s'])}x and {f(summary['budget']['train_dataloader_s'])}x "
+          f"{f(summary['d0']['train_dataloader_s'])}x and {f(summary['budget']['train_dataloader_s'])}x; "
+          f"on CPU time build_round {f(summary['d0']['build_round_cpu_s'])}x and {f(summary['budget']['build_round_cpu_s'])}x "
           f"(linear = 2.00x); tiny scorer; medians of {args.repeats}; loadavg {C.fmt_load(load0)} → {C.fmt_load(load1)}")
 
 

@@ -66,7 +66,7 @@ def worker_mars(args) -> dict:
     with C.Measure() as m_eval:
         rc, rr, _ = score_pairs(module, heldout, batch_size=64)
     return {
-        "framework": "mars", "train_s": ep["train_s"], "val_s_excluded": ep["val_s"],
+        "framework": "mars", "train_s": ep["train_s"], "train_cpu_s": ep["train_cpu_s"],
         "fit_wall_s": total, "pairs": ep["pairs"], "pairs_offered": args.train,
         "tokens": ep["tokens"], "padded_tokens": ep["padded"], "pad_fraction": ep["pad_fraction"],
         "batches": ep["batches"], "truncated_train": dm.truncated.get("train"),
@@ -116,10 +116,12 @@ def worker_trl(args) -> dict:
             self.load_start = C.loadavg()
             self.mem = C.RSSPeak()
             self.mem.start()
+            self.c0 = time.process_time()
             self.t0 = time.perf_counter()
 
         def on_train_end(self, a, state, control, **kw):
             self.seconds = time.perf_counter() - self.t0
+            self.cpu_seconds = time.process_time() - self.c0
             self.memory = self.mem.stop()
             self.load_end = C.loadavg()
 
@@ -169,7 +171,7 @@ def worker_trl(args) -> dict:
     margins = rewards[:n] - rewards[n:]
     fits = [full_len[i] <= args.max_length and full_len[n + i] <= args.max_length for i in range(n)]
     return {
-        "framework": "trl", "train_s": timer.seconds, "init_s": init_s, "pairs": collator.pairs,
+        "framework": "trl", "train_s": timer.seconds, "train_cpu_s": timer.cpu_seconds, "init_s": init_s, "pairs": collator.pairs,
         "pairs_offered": len(data["train"]), "pairs_kept": kept, "tokens": collator.tokens,
         "padded_tokens": collator.padded, "pad_fraction": 1 - collator.tokens / max(1, collator.padded),
         "batches": collator.batches, "heldout_margins": margins.tolist(), "heldout_fits": fits,
@@ -271,6 +273,8 @@ def main() -> None:
             "pairs_per_s": C.median([r["pairs"] / r["train_s"] for r in rs]),
             "tokens_per_s": C.median([r["tokens"] / r["train_s"] for r in rs]),
             "train_s": C.median([r["train_s"] for r in rs]),
+            "pairs_per_cpu_s": C.median([r["pairs"] / r["train_cpu_s"] for r in rs]),
+            "tokens_per_cpu_s": C.median([r["tokens"] / r["train_cpu_s"] for r in rs]),
             "pad_fraction": C.median([r["pad_fraction"] for r in rs]),
             "peak_rss_mib": C.median([r["memory"]["rss_peak_mib"] for r in rs]),
             "rss_delta_mib": C.median([r["memory"]["rss_delta_mib"] for r in rs]),
@@ -288,6 +292,8 @@ def main() -> None:
         ("pairs/s (training only)", "pairs_per_s", "{:.2f}"),
         ("non-padding tokens/s", "tokens_per_s", "{:.0f}"),
         ("training time (s)", "train_s", "{:.1f}"),
+        ("pairs per CPU-second", "pairs_per_cpu_s", "{:.2f}"),
+        ("non-padding tokens per CPU-s", "tokens_per_cpu_s", "{:.0f}"),
         ("padding fraction", "pad_fraction", "{:.3f}"),
         ("peak RSS during training (MiB)", "peak_rss_mib", "{:.0f}"),
         ("  growth over train start (MiB)", "rss_delta_mib", "{:.0f}"),
@@ -314,12 +320,15 @@ def main() -> None:
     ratio_pps = m["pairs_per_s"] / t["pairs_per_s"]
     ratio_tok = m["tokens_per_s"] / t["tokens_per_s"]
     ratio_acc = m["heldout_acc"] / t["heldout_acc"]
-    print(f"  ratio mars/TRL: pairs/s {ratio_pps:.2f}x, non-padding tokens/s {ratio_tok:.2f}x, "
-          f"held-out acc {ratio_acc:.3f}x")
+    ratio_cpu = m["pairs_per_cpu_s"] / t["pairs_per_cpu_s"]
+    print(f"  ratio mars/TRL: pairs/s {ratio_pps:.2f}x, non-padding tokens/s {ratio_tok:.2f}x, pairs per "
+          f"CPU-second {ratio_cpu:.2f}x, held-out acc {ratio_acc:.3f}x")
+    print("  CPU-seconds: the worker process's CPU time over the same window (all threads); with --threads 1 "
+          "it is the work done, whatever else runs on the machine.")
     C.write_json(args.json, {"args": vars(args), "summary": summary, "runs": runs, "ids": ids,
                              "load": [load0, load1], "machine": C.machine()})
     print(f"SUMMARY train_vs_trl: mars {m['pairs_per_s']:.2f} pairs/s vs TRL {t['pairs_per_s']:.2f} pairs/s "
-          f"({ratio_pps:.2f}x); padding {m['pad_fraction']:.1%} vs {t['pad_fraction']:.1%}; kept "
+          f"({ratio_pps:.2f}x; per CPU-second {ratio_cpu:.2f}x); padding {m['pad_fraction']:.1%} vs {t['pad_fraction']:.1%}; kept "
           f"{m['pairs_trained']}/{m['pairs_offered']} vs {t['pairs_trained']}/{t['pairs_offered']}; held-out acc "
           f"{m['heldout_acc']:.3f} vs {t['heldout_acc']:.3f} ({ratio_acc:.3f}x); median of {args.repeats} run(s); "
           f"loadavg {C.fmt_load(load0)} → {C.fmt_load(load1)}")
