@@ -233,6 +233,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=1, help="runs of each framework (alternating order)")
+    ap.add_argument("--trl-first", action="store_true", help="start with TRL (order effects)")
     ap.add_argument("--json", help="write all results here")
     C.add_threads_arg(ap)
     ap.add_argument("--worker", choices=["mars", "trl"], help=argparse.SUPPRESS)
@@ -258,7 +259,7 @@ def main() -> None:
         tmp = Path(d)
         ids = prepare(args, tmp)
         for r in range(args.repeats):
-            for fw in (("mars", "trl") if r % 2 == 0 else ("trl", "mars")):
+            for fw in (("mars", "trl") if (r + args.trl_first) % 2 == 0 else ("trl", "mars")):
                 res = run_worker(fw, args, tmp, f"r{r}")
                 runs[fw].append(res)
                 print(f"  {fw} run {r}: {res['pairs'] / res['train_s']:.2f} pairs/s over {res['pairs']} pairs "
