@@ -187,22 +187,10 @@ def write_hh_jsonl_gz(rows: list[dict], path: Path) -> str:
 # The real config
 
 def compose(overrides: list[str], output_dir: Path, name: str = "train"):
-    """`conf/train.yaml` composed with `overrides` (as `tests/conftest.py` does), paths in `output_dir`."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
+    """`conf/train.yaml` composed with `overrides` (as the tests do), paths in `output_dir`."""
+    from mars.utils import compose_run_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = hydra_compose(config_name=name, overrides=overrides, return_hydra_config=False)
-    GlobalHydra.instance().clear()
-    output_dir = Path(output_dir)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.log_dir = str(output_dir / "logs")
-        cfg.paths.cache_dir = str(output_dir / "cache")
-        cfg.paths.data_dir = str(DATA_DIR)
-    return cfg
+    return compose_run_config(name, overrides, output_dir, DATA_DIR)
 
 
 # Quiet, single-process runs: no progress bar / model summary printing (same for TRL: disable_tqdm).

@@ -8,7 +8,7 @@ import re
 from typing import Any, Optional
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +47,26 @@ def resolve_ckpt_path(ckpt_path: Optional[str], log_dir: str, task_name: str) ->
     newest = max(found, key=os.path.getmtime)
     log.info("resuming from the latest checkpoint %s", newest)
     return newest
+
+
+def compose_run_config(name: str, overrides: list[str], output_dir, data_dir) -> DictConfig:
+    """The real config of `conf/NAME.yaml` composed outside `@hydra.main` (tests, benchmarks),
+    with every path of the run under `output_dir`."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import mars.config  # noqa: F401  (registers the data/backbone schemas)
+
+    GlobalHydra.instance().clear()
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=False)
+    output_dir = Path(output_dir)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir / "logs")
+        cfg.paths.cache_dir = str(output_dir / "cache")
+        cfg.paths.data_dir = str(data_dir)
+    return cfg

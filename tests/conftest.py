@@ -6,11 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-import mars.config  # noqa: F401  (registers the data/backbone schemas with Hydra)
+from mars.utils import compose_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -26,15 +24,7 @@ def require_data() -> Path:
 
 
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=False)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.log_dir = str(output_dir / "logs")
-        cfg.paths.cache_dir = str(output_dir / "cache")
-        cfg.paths.data_dir = str(DATA_DIR)
-    return cfg
+    return compose_run_config(name, overrides, output_dir, DATA_DIR)
 
 
 TINY = ["backbone=tiny", "augmenter=none", "allocator=none", "data.train_size=96", "data.val_size=32", "data.test_size=32",
