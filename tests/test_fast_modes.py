@@ -8,6 +8,7 @@ import torch
 from omegaconf import open_dict
 
 from mars.config import BackboneConfig, LossConfig, OptimConfig
+from mars.model.frozen import FrozenPrefix
 from mars.model.module import RewardModule
 from tests.conftest import TINY, compose_config
 from train import train
@@ -45,7 +46,7 @@ def test_too_many_layers_is_a_clear_error():
 
 
 @pytest.mark.parametrize("k", [0, 1])
-def test_only_the_trainable_part_trains_and_features_persist(k, tmp_path):
+def test_only_the_trainable_part_trains_and_features_persist(k, tmp_path, monkeypatch):
     # loss.center_rewards_coef: the head's bias gets a gradient only from the centering term.
     overrides = TINY + [f"backbone.train_layers={k}", "trainer.max_epochs=1", "optim.lr=1e-2",
                         "loss.center_rewards_coef=0.01"]
@@ -66,6 +67,10 @@ def test_only_the_trainable_part_trains_and_features_persist(k, tmp_path):
     again = compose_config("train", overrides, tmp_path / "second")
     with open_dict(again):
         again.paths.cache_dir = str(tmp_path / "cache")
+    computed = []
+    frozen_part = FrozenPrefix._frozen_part
+    monkeypatch.setattr(FrozenPrefix, "_frozen_part", lambda self, *a: computed.append(1) or frozen_part(self, *a))
     metrics_again, objects_again = train(again)
     assert objects_again["model"].prefix.cache_file == str(cache)
+    assert not computed  # train, validation and test features all came from the first run's cache
     assert metrics_again["test/acc"] == metrics["test/acc"]

@@ -130,12 +130,18 @@ class RewardModule(L.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()})
         return values
 
-    def on_train_epoch_end(self) -> None:
-        self._log_stage("train")
+    def _keep_features(self) -> None:
+        """Fast modes: write the frozen features each stage added (held-out ones too), so that the
+        next run of a sweep computes none."""
         if self.prefix:
             self.prefix.save()
 
+    def on_train_epoch_end(self) -> None:
+        self._log_stage("train")
+        self._keep_features()
+
     def on_validation_epoch_end(self) -> None:
+        self._keep_features()
         values = self._log_stage("val")
         if values and not self.trainer.sanity_checking:
             self.val_acc_best(values["acc"])
@@ -143,6 +149,7 @@ class RewardModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_stage("test")
+        self._keep_features()
 
     def total_steps(self) -> int:
         """Optimiser steps of the whole run; the DataModule knows them when the data grows."""
