@@ -5,10 +5,11 @@
 
 One process runs the real `train.train(cfg)` (data=hh_rlhf_offline, allocator=none, 8 pairs per
 batch) for `--epochs` epochs on the N base pairs; training pairs/s is the median over epochs
-(each epoch timed by a callback; validation switched off, `trainer.limit_val_batches=0`). Then, with the trained model still attached,
-the DataModule's own `score(pairs, features=True)` (the call `MarsLoop.build_round` makes:
-`RewardModule.score_margins` over length-sorted batches of `data.eval_batch_size=64`, the head's
-input features captured) scores the same N pairs `--repeats` times; its pairs/s is the median.
+(each epoch timed by a callback; validation switched off, `trainer.limit_val_batches=0`). Then,
+with the trained model still attached, the DataModule's own `score(pairs, features=True)` (the
+call `MarsLoop.build_round` makes: `RewardModule.score_margins` over length-sorted batches of
+`data.eval_batch_size=16`, the default, the head's input features captured) scores the same N
+pairs `--repeats` times; its pairs/s is the median.
 Target: prediction pass ≥ 3× training pairs/s.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ class CountingCollator:
 
 
 def train_and_score(n_pairs: int, epochs: int, repeats: int, max_length: int = 256, batch: int = 8,
-                    eval_batch: int = 64, backbone: str = "minilm", verbose: bool = True,
+                    eval_batch: int = 16, backbone: str = "minilm", verbose: bool = True,
                     alt_eval_batches: tuple[int, ...] = ()) -> dict:
     """Train `epochs` epochs on `n_pairs` HH pairs with the real config, then time the prediction pass."""
     C.quiet_logging()
@@ -117,8 +118,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="training epochs (repeats of the training figure)")
     ap.add_argument("--repeats", type=int, default=3, help="prediction passes")
     ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--alt-eval-batch", type=int, nargs="*", default=[16],
-                    help="also time the pass with these eval batch sizes (what-if; the default config uses 64)")
+    ap.add_argument("--alt-eval-batch", type=int, nargs="*", default=[64],
+                    help="also time the pass with these eval batch sizes (what-if; the default config uses 16)")
     ap.add_argument("--json")
     C.add_threads_arg(ap)
     args = ap.parse_args()
@@ -128,7 +129,7 @@ def main() -> None:
     C.print_machine()
     load0 = C.loadavg()
     print(f"prediction_pass: {args.pairs} HH pairs, MiniLM, max_length {args.max_length}; training 8 pairs/batch "
-          f"x {args.epochs} epochs, prediction pass eval batch 64 (length-sorted) x {args.repeats}; "
+          f"x {args.epochs} epochs, prediction pass eval batch 16 (length-sorted) x {args.repeats}; "
           f"loadavg {C.fmt_load(load0)}", flush=True)
     t0 = time.perf_counter()
     res = train_and_score(args.pairs, args.epochs, args.repeats, args.max_length,

@@ -7,9 +7,9 @@ Same model (the embedded all-MiniLM-L6-v2, `mars.model.backbone.resolve("minilm"
 (the first N HH-RLHF pairs of the shared file to train on; the last M pairs held out, never
 trained on), max length 256, 8 pairs per batch, 1 epoch, fp32, one process each, the same
 optimisation recipe (AdamW lr 5e-5, weight decay 0.01, 10% linear warm-up then linear decay,
-gradient clipping 1.0, dropout on, no gradient checkpointing: TRL's own defaults differ in
-learning rate 1e-4, gradient checkpointing on and dropout off, and are overridden here so that
-both do the same work). Each framework runs in its own child process (clean memory figures,
+gradient clipping 1.0, dropout off (both frameworks' default), no gradient checkpointing: TRL's
+own defaults differ in learning rate 1e-4 and gradient checkpointing on, and are overridden here
+so that both do the same work). Each framework runs in its own child process (clean memory figures,
 no cross-talk); the parent prints the table.
 
 mars runs the real path: the composed `conf/train.yaml` with data=hh_rlhf_offline (data.path /
@@ -133,7 +133,7 @@ def worker_trl(args) -> dict:
         warmup_steps=0.1, lr_scheduler_type="linear", max_grad_norm=1.0, report_to=[], use_cpu=True,
         bf16=False, fp16=False, save_strategy="no", eval_strategy="no", logging_steps=10**6,
         dataloader_num_workers=0, center_rewards_coefficient=None, gradient_checkpointing=False,
-        disable_dropout=False, disable_tqdm=True, seed=42,
+        disable_dropout=True, disable_tqdm=True, seed=42,
         # MiniLM's BERT tokenizer has no EOS token, which TRL appends to standard-format text
         # (and fails on None): the BERT separator stands in for it.
         eos_token=tok.sep_token,

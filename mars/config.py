@@ -54,7 +54,9 @@ class DataConfig:
     test_size: int = 200
     split_seed: int = 0
     batch_size: int = 16  # pairs per training batch and rank (2x sequences in the forward)
-    eval_batch_size: int = 64  # pairs per validation / prediction batch
+    # Pairs per validation / prediction batch: 16 is fastest on CPU (less padding, cache-sized;
+    # docs/benchmarks.md); a GPU wants more (the paper presets use 64).
+    eval_batch_size: int = 16
     length_grouping: bool = True  # batch pairs of similar length: less padding
     num_workers: int = 0
 
@@ -81,6 +83,10 @@ class BackboneConfig:
     chat_template: str = "auto"  # auto: use the tokenizer's chat template where it has one | never
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    # Every dropout of the model (attention, hidden, head); null keeps the checkpoint's. Off by
+    # default, as in TRL and OpenRLHF: it adds noise to each pair's margin, and on CPU attention
+    # dropout also forces the unfused attention path (a step is ~25% slower, docs/benchmarks.md).
+    dropout: Optional[float] = 0.0
     # Fast modes (mars/model/frozen.py): -1 fine-tunes everything; 0 trains the head alone on cached
     # frozen features; k > 0 trains the top k layers on the cached output of the layers below.
     train_layers: int = -1  # their features are kept in ${paths.cache_dir}/features across runs
@@ -91,6 +97,8 @@ class BackboneConfig:
             raise ValueError(f"backbone.train_layers={self.train_layers}: use -1 (all), 0 (head) or k > 0")
         if self.max_length < 8:
             raise ValueError(f"backbone.max_length={self.max_length} is too small")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"backbone.dropout={self.dropout}: use a probability in [0, 1) or null")
 
 
 @dataclass

@@ -181,17 +181,19 @@ def test_round_margins_come_from_previous_rounds_model_and_epochs_iterate_d_t(tm
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
-    straight = compose_config("train", LOOP, tmp_path / "a")
+    # Dropout on: its masks come from (seed, epoch), so the resumed epochs draw the same ones.
+    with_dropout = LOOP + ["backbone.dropout=0.1"]
+    straight = compose_config("train", with_dropout, tmp_path / "a")
     metrics_a, objects_a = train(straight)
 
     run_b = tmp_path / "b" / "logs" / "train" / "runs" / "killed"
-    crashing = compose_config("train", LOOP + ["+callbacks.crash._target_=tests.helpers.CrashAtEpoch",
+    crashing = compose_config("train", with_dropout + ["+callbacks.crash._target_=tests.helpers.CrashAtEpoch",
                                                "+callbacks.crash.epoch=2"], tmp_path / "b")
     with open_dict(crashing):
         crashing.paths.output_dir = str(run_b)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(crashing)
-    resumed = compose_config("train", LOOP + ["ckpt_path=last"], tmp_path / "b")
+    resumed = compose_config("train", with_dropout + ["ckpt_path=last"], tmp_path / "b")
     metrics_b, objects_b = train(resumed)
 
     pairs_a = objects_a["datamodule"].loop.training_set()

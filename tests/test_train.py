@@ -31,6 +31,25 @@ def test_training_changes_every_trainable_parameter(tiny_cfg):
     assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/snr" in metrics
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.25, None])
+def test_backbone_dropout_sets_every_dropout(dropout, tmp_path):
+    from mars.model.backbone import load_reward_model
+
+    cfg = compose_config("train", TINY + ["+backbone.config_overrides.hidden_dropout_prob=0.1",
+                                          "+backbone.config_overrides.attention_probs_dropout_prob=0.1",
+                                          f"backbone.dropout={'null' if dropout is None else dropout}"], tmp_path)
+    model = load_reward_model(validate(cfg)["backbone"], pad_token_id=0)
+    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == ({0.1} if dropout is None else {dropout})  # null keeps the checkpoint's own
+
+
+def test_dropout_out_of_range_is_a_clear_error():
+    from mars.config import BackboneConfig
+
+    with pytest.raises(ValueError, match="backbone.dropout=1.0"):
+        BackboneConfig(dropout=1.0)
+
+
 def test_resume_continues_step_count(tmp_path):
     run = tmp_path / "logs" / "train" / "runs" / "first"
     cfg = compose_config("train", TINY + ["test=false", "export=false"], tmp_path)

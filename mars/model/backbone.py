@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from mars.config import BackboneConfig
@@ -46,6 +48,17 @@ def load_reward_model(cfg: BackboneConfig, pad_token_id: int) -> PreTrainedModel
     if model.config.num_labels != 1 or model.config.pad_token_id != pad_token_id:
         raise ValueError(f"{cfg.name_or_path}: reward head needs num_labels=1 and pad_token_id="
                          f"{pad_token_id}, got {model.config.num_labels} and {model.config.pad_token_id}")
+    if cfg.dropout is not None:
+        set_dropout(model, cfg.dropout)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Every `nn.Dropout` and every float `attention_dropout` (decoder attention) to `p`."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p

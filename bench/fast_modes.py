@@ -1,0 +1,114 @@
+"""The fast modes against full fine-tuning: held-out accuracy and wall time on the same data.
+
+    .venv/bin/python bench/fast_modes.py           # 500 HH pairs, 2 epochs, 500 held out
+    .venv/bin/python bench/fast_modes.py --quick   # 48 pairs, 1 epoch (a smoke run)
+
+Each mode runs the real `train.train(cfg)` on the same split of the shared HH-RLHF file
+(data=hh_rlhf_offline: N training pairs, 200 validation, 500 test pairs never trained on),
+MiniLM, max length 256, 16 pairs per batch, allocator=none augmenter=none, fp32:
+
+* full fine-tuning (`backbone.train_layers=-1`, lr 5e-5, the default recipe);
+* top-2 layers (`backbone.train_layers=2`, lr 5e-5) on the cached output of the 4 layers below;
+* head only (`backbone.train_layers=0`, lr 0.1 as in the CPU-scale study) on cached features.
+
+A fast mode runs twice on one feature cache: cold (the frozen part computes every sequence once)
+and warm (a later run of a sweep: every feature comes from the disk cache). Reported: held-out
+accuracy with its 95% bootstrap interval over pairs (`mars.evaluation.bootstrap` on the run's
+test_scores.json) and wall time of `train.train` (model loading, tokenising, training,
+validation, testing). Then one CPU-scale study sweep point as a user starts it, a new process:
+`python train.py experiment=cpu_study_hh_rlhf allocator=mars allocator.temperature=2 seed=1`,
+cold and warm, wall time including Python start-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common as C
+
+MODES = (("full fine-tuning", -1, 5e-5), ("top-2 layers", 2, 5e-5), ("head only", 0, 0.1))
+
+
+def run_mode(train_layers: int, lr: float, args, out: Path, cache: Path) -> dict:
+    import numpy as np
+
+    import train as train_script
+    from mars.evaluation import bootstrap
+
+    cfg = C.compose(["data=hh_rlhf_offline", f"data.train_size={args.train}", "data.val_size=200",
+                     f"data.test_size={args.test}", "backbone.max_length=256", "data.batch_size=16",
+                     f"backbone.train_layers={train_layers}", f"optim.lr={lr}", "allocator=none",
+                     "augmenter=none", f"trainer.max_epochs={args.epochs}", "~logger", "callbacks=none",
+                     "export=false", "seed=1", f"paths.cache_dir={cache}", *C.QUIET], out)
+    with C.Measure() as m:
+        metrics, _ = train_script.train(cfg)
+    scores = json.loads((out / "test_scores.json").read_text())
+    acc = bootstrap(np.array(scores["r_chosen"]), np.array(scores["r_rejected"]))["acc"]
+    return {"seconds": m.seconds, "acc": acc, "load": [m.load_start, m.load_end]}
+
+
+def sweep_point(cache: Path, out: Path) -> dict:
+    cmd = [sys.executable, str(C.ROOT / "train.py"), "experiment=cpu_study_hh_rlhf", "allocator=mars",
+           "allocator.temperature=2", "seed=1", "logger=csv", f"paths.cache_dir={cache}",
+           f"hydra.run.dir={out}", "trainer.enable_progress_bar=false"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=C.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "MARS_DATA_DIR": str(C.DATA_DIR)})
+    return {"seconds": time.perf_counter() - t0,
+            "test_acc": json.loads((out / "metrics.json").read_text())["test/acc"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--train", type=int, default=500)
+    ap.add_argument("--test", type=int, default=500)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--no-sweep-point", action="store_true")
+    ap.add_argument("--json")
+    C.add_threads_arg(ap)
+    args = ap.parse_args()
+    C.apply_threads(args.threads)
+    if args.quick:
+        args.train, args.test, args.epochs, args.no_sweep_point = 48, 40, 1, True
+    C.quiet_logging()
+    C.print_machine()
+    print(f"fast_modes: {args.train} HH pairs, {args.epochs} epochs, {args.test} held out; "
+          f"loadavg {C.fmt_load(C.loadavg())}", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="mars_bench_fast_") as d:
+        root = Path(d)
+        for name, k, lr in MODES:
+            cache = root / f"cache_{k}"
+            runs = {"cold": run_mode(k, lr, args, root / f"{k}_cold", cache)}
+            if k >= 0:
+                runs["warm"] = run_mode(k, lr, args, root / f"{k}_warm", cache)
+            results[name] = {"train_layers": k, "lr": lr, **runs}
+            for when, r in runs.items():
+                a = r["acc"]
+                print(f"  {name} ({when}): held-out acc {a['value']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}], "
+                      f"{r['seconds']:.1f} s; loadavg {C.fmt_load(r['load'][0])} → {C.fmt_load(r['load'][1])}",
+                      flush=True)
+        if not args.no_sweep_point:
+            cache = root / "cache_study"
+            results["sweep point"] = {when: sweep_point(cache, root / f"study_{when}") for when in ("cold", "warm")}
+            for when, r in results["sweep point"].items():
+                print(f"  CPU-study sweep point ({when}): {r['seconds']:.1f} s, test acc {r['test_acc']:.3f}")
+    C.write_json(args.json, results)
+    full = results["full fine-tuning"]["cold"]
+    parts = [f"{name} acc {r['warm']['acc']['value']:.3f} in {r['warm']['seconds']:.0f} s warm"
+             for name, r in results.items() if "warm" in r and "acc" in r["warm"]]
+    sweep = (f"; sweep point {results['sweep point']['warm']['seconds']:.0f} s warm"
+             if "sweep point" in results else "")
+    print(f"SUMMARY fast_modes: full fine-tuning acc {full['acc']['value']:.3f} in {full['seconds']:.0f} s; "
+          + "; ".join(parts) + sweep)
+
+
+if __name__ == "__main__":
+    main()
