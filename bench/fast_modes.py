@@ -37,6 +37,7 @@ MODES = (("full fine-tuning", -1, 5e-5), ("top-2 layers", 2, 5e-5), ("head only"
 
 def run_mode(train_layers: int, lr: float, args, out: Path, cache: Path) -> dict:
     import numpy as np
+    from omegaconf import open_dict
 
     import train as train_script
     from mars.evaluation import bootstrap
@@ -45,7 +46,9 @@ def run_mode(train_layers: int, lr: float, args, out: Path, cache: Path) -> dict
                      f"data.test_size={args.test}", "backbone.max_length=256", "data.batch_size=16",
                      f"backbone.train_layers={train_layers}", f"optim.lr={lr}", "allocator=none",
                      "augmenter=none", f"trainer.max_epochs={args.epochs}", "~logger", "callbacks=none",
-                     "export=false", "seed=1", f"paths.cache_dir={cache}", *C.QUIET], out)
+                     "export=false", "seed=1", *C.QUIET], out)
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(cache)  # shared by the cold and the warm run
     with C.Measure() as m:
         metrics, _ = train_script.train(cfg)
     scores = json.loads((out / "test_scores.json").read_text())
