@@ -127,13 +127,16 @@ def worker_trl(args) -> dict:
 
     collator = CountingCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id))
     timer = Timer()
+    # The shared recipe (see the docstring), or TRL as a user gets it (--trl-defaults): its own
+    # learning rate, warm-up, clipping and gradient checkpointing.
+    recipe = {} if args.trl_defaults else dict(
+        learning_rate=5e-5, weight_decay=0.01, warmup_steps=0.1, lr_scheduler_type="linear", max_grad_norm=1.0,
+        center_rewards_coefficient=None, gradient_checkpointing=False, disable_dropout=True)
     cfg = RewardConfig(
         output_dir=str(tmp / f"trl_out_{args.tag}"), per_device_train_batch_size=args.batch,
-        num_train_epochs=1, max_length=args.max_length, learning_rate=5e-5, weight_decay=0.01,
-        warmup_steps=0.1, lr_scheduler_type="linear", max_grad_norm=1.0, report_to=[], use_cpu=True,
+        num_train_epochs=1, max_length=args.max_length, report_to=[], use_cpu=True,
         bf16=False, fp16=False, save_strategy="no", eval_strategy="no", logging_steps=10**6,
-        dataloader_num_workers=0, center_rewards_coefficient=None, gradient_checkpointing=False,
-        disable_dropout=True, disable_tqdm=True, seed=42,
+        dataloader_num_workers=0, disable_tqdm=True, seed=42, **recipe,
         # MiniLM's BERT tokenizer has no EOS token, which TRL appends to standard-format text
         # (and fails on None): the BERT separator stands in for it.
         eos_token=tok.sep_token,
@@ -205,6 +208,7 @@ def run_worker(framework: str, args, tmp: Path, tag: str) -> dict:
     cmd = [sys.executable, str(HERE), "--worker", framework, "--tmp", str(tmp), "--tag", tag,
            "--result", str(out), "--train", str(args.train), "--heldout", str(args.heldout),
            "--max-length", str(args.max_length), "--batch", str(args.batch), "--threads", str(args.threads)]
+    cmd += ["--trl-defaults"] if args.trl_defaults else []
     with C.Measure(f"{framework} process (load + tokenise + train + held-out scoring)") as m:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -234,6 +238,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=1, help="runs of each framework (alternating order)")
     ap.add_argument("--trl-first", action="store_true", help="start with TRL (order effects)")
+    ap.add_argument("--trl-defaults", action="store_true",
+                    help="TRL with its own recipe (lr 1e-4, gradient checkpointing on) instead of the shared one")
     ap.add_argument("--json", help="write all results here")
     C.add_threads_arg(ap)
     ap.add_argument("--worker", choices=["mars", "trl"], help=argparse.SUPPRESS)
