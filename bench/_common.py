@@ -1,7 +1,7 @@
 """Shared helpers of the benchmarks (not part of the package or the test suite).
 
 Every benchmark composes the *real* Hydra config (`conf/`) the way `tests/conftest.py` does,
-runs the real code path (`train.train`, `MarsLoop.build_round`, `RewardModule.score_margins`) and
+runs the real code path (`train.train`, `MarsLoop.build_round`, `RewardModule.score_rows`) and
 measures it from the outside: Lightning callbacks for timing and token counts, a psutil thread
 for memory, `os.getloadavg()` at the start and end of every measurement.
 """

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import _common as C
 
-MODES = (("full fine-tuning", -1, 5e-5), ("top-2 layers", 2, 5e-5), ("head only", 0, 0.1))
+MODES = {"full": ("full fine-tuning", -1, 5e-5), "top2": ("top-2 layers", 2, 5e-5), "head": ("head only", 0, 0.1)}
 
 
 def run_mode(train_layers: int, lr: float, args, out: Path, cache: Path) -> dict:
@@ -59,7 +59,7 @@ def run_mode(train_layers: int, lr: float, args, out: Path, cache: Path) -> dict
 def sweep_point(cache: Path, out: Path) -> dict:
     cmd = [sys.executable, str(C.ROOT / "train.py"), "experiment=cpu_study_hh_rlhf", "allocator=mars",
            "allocator.temperature=2", "seed=1", "logger=csv", f"paths.cache_dir={cache}",
-           f"hydra.run.dir={out}", "trainer.enable_progress_bar=false"]
+           f"hydra.run.dir={out}", "+trainer.enable_progress_bar=false"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=C.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "MARS_DATA_DIR": str(C.DATA_DIR)})
@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=500)
     ap.add_argument("--test", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
     ap.add_argument("--no-sweep-point", action="store_true")
     ap.add_argument("--json")
     C.add_threads_arg(ap)
@@ -87,7 +88,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="mars_bench_fast_") as d:
         root = Path(d)
-        for name, k, lr in MODES:
+        for name, k, lr in (MODES[m] for m in args.modes):
             cache = root / f"cache_{k}"
             runs = {"cold": run_mode(k, lr, args, root / f"{k}_cold", cache)}
             if k >= 0:
@@ -104,13 +105,13 @@ def main() -> None:
             for when, r in results["sweep point"].items():
                 print(f"  CPU-study sweep point ({when}): {r['seconds']:.1f} s, test acc {r['test_acc']:.3f}")
     C.write_json(args.json, results)
-    full = results["full fine-tuning"]["cold"]
-    parts = [f"{name} acc {r['warm']['acc']['value']:.3f} in {r['warm']['seconds']:.0f} s warm"
-             for name, r in results.items() if "warm" in r and "acc" in r["warm"]]
-    sweep = (f"; sweep point {results['sweep point']['warm']['seconds']:.0f} s warm"
-             if "sweep point" in results else "")
-    print(f"SUMMARY fast_modes: full fine-tuning acc {full['acc']['value']:.3f} in {full['seconds']:.0f} s; "
-          + "; ".join(parts) + sweep)
+    parts = [f"{name} acc {r['cold']['acc']['value']:.3f} in {r['cold']['seconds']:.0f} s"
+             + (f" ({r['warm']['seconds']:.0f} s warm)" if "warm" in r else "")
+             for name, r in results.items() if name != "sweep point"]
+    if "sweep point" in results:
+        parts.append("study sweep point {cold:.0f} s cold, {warm:.0f} s warm".format(
+            **{w: r["seconds"] for w, r in results["sweep point"].items()}))
+    print("SUMMARY fast_modes: " + "; ".join(parts))
 
 
 if __name__ == "__main__":

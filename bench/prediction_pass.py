@@ -7,9 +7,10 @@ One process runs the real `train.train(cfg)` (data=hh_rlhf_offline, allocator=no
 batch) for `--epochs` epochs on the N base pairs; training pairs/s is the median over epochs
 (each epoch timed by a callback; validation switched off, `trainer.limit_val_batches=0`). Then,
 with the trained model still attached, the DataModule's own `score(pairs, features=True)` (the
-call `MarsLoop.build_round` makes: `RewardModule.score_margins` over length-sorted batches of
-`data.eval_batch_size=16`, the default, the head's input features captured) scores the same N
-pairs `--repeats` times; its pairs/s is the median.
+call `MarsLoop.build_round` makes: every distinct sequence scored once by
+`RewardModule.score_rows`, in length-sorted batches of 2 × `data.eval_batch_size` rows, 16 by
+default, the head's input features captured) scores the same N pairs `--repeats` times; its
+pairs/s is the median.
 Target: prediction pass ≥ 3× training pairs/s.
 """
 from __future__ import annotations
@@ -23,20 +24,28 @@ import _common as C
 
 
 class CountingCollator:
-    """Wraps the DataModule's collator (an instance attribute, in this process) to count tokens."""
+    """Stands in for the pass's `RowCollator` (patched in `mars.data.datamodule`, this process
+    only) and counts the rows and tokens it pads."""
 
-    def __init__(self, inner):
-        self.inner, self.tokens, self.padded, self.pairs = inner, 0, 0, 0
+    def __init__(self):
+        from mars.data.batching import RowCollator
 
-    def __call__(self, pairs):
-        out = self.inner(pairs)
-        self.tokens += int(out["attention_mask"].sum())
-        self.padded += int(out["attention_mask"].numel())
-        self.pairs += len(pairs)
-        return out
+        self.make, self.tokens, self.padded, self.rows = RowCollator, 0, 0, 0
+
+    def __call__(self, pad_id):
+        inner = self.make(pad_id)
+
+        def collate(rows):
+            out = inner(rows)
+            self.tokens += int(out["attention_mask"].sum())
+            self.padded += int(out["attention_mask"].numel())
+            self.rows += len(rows)
+            return out
+
+        return collate
 
     def reset(self):
-        self.tokens = self.padded = self.pairs = 0
+        self.tokens = self.padded = self.rows = 0
 
 
 def train_and_score(n_pairs: int, epochs: int, repeats: int, max_length: int = 256, batch: int = 8,
@@ -58,15 +67,18 @@ def train_and_score(n_pairs: int, epochs: int, repeats: int, max_length: int = 2
         timer = C.find_callback(objs["trainer"], C.EpochTimer)
         dm, module = objs["datamodule"], objs["model"]
         base = dm.loop.base
-        counter = CountingCollator(dm.collator)
-        dm.collator = counter
+        import mars.data.datamodule as dmod
+
+        counter = CountingCollator()
+        dmod.RowCollator = counter
         scoring = []
         for r in range(repeats):
             counter.reset()
             with C.Measure() as m:
                 scores = dm.score(base, True)
-            assert len(scores.margins) == len(base) and counter.pairs == len(base)
-            scoring.append({"s": m.seconds, "cpu_s": m.cpu_seconds, "pairs": counter.pairs, "tokens": counter.tokens,
+            assert len(scores.margins) == len(base) and 0 < counter.rows <= 2 * len(base)
+            scoring.append({"s": m.seconds, "cpu_s": m.cpu_seconds, "pairs": len(base), "rows": counter.rows,
+                            "tokens": counter.tokens,
                             "padded": counter.padded, "load_start": m.load_start, "load_end": m.load_end})
             if verbose:
                 print(f"  prediction pass {r}: {len(base) / m.seconds:.2f} pairs/s ({m.seconds:.2f} s); "

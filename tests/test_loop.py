@@ -180,6 +180,24 @@ def test_round_margins_come_from_previous_rounds_model_and_epochs_iterate_d_t(tm
         assert Counter(record["seen"]) == Counter(record["train_set"])  # each pair exactly once
 
 
+def test_prediction_pass_scores_each_distinct_sequence_once(tiny_cfg):
+    import dataclasses
+
+    _, objects = train(tiny_cfg)
+    dm, module = objects["datamodule"], objects["model"]
+    base = dm.loop.base[:20]
+    swapped = dataclasses.replace(base[0], id="swapped", chosen=base[0].rejected, rejected=base[0].chosen)
+    pairs = base + [base[3], swapped]  # a repeated pair and one with its sides exchanged
+    rows = []
+    module.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
+    scores = dm.score(pairs, features=True)
+    assert sum(rows) == len({s for e in dm.encoder.encode(pairs) for s in (tuple(e.chosen), tuple(e.rejected))})
+    r_c, r_r, _ = score_pairs(module, pairs)
+    np.testing.assert_allclose(scores.margins, r_c - r_r, atol=1e-5)
+    assert scores.margins[-1] == -scores.margins[0] and scores.margins[-2] == scores.margins[3]
+    np.testing.assert_allclose(scores.features[-1], -scores.features[0])
+
+
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     # Dropout on: its masks come from (seed, epoch), so the resumed epochs draw the same ones.
     with_dropout = LOOP + ["backbone.dropout=0.1"]

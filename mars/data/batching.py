@@ -1,4 +1,5 @@
-"""Batches of pairs: one padded tensor with chosen rows first, then rejected (one forward).
+"""Batches of pairs: one padded tensor with chosen rows first, then rejected (one forward); and
+batches of single rows for the prediction pass.
 
 `PairBatchSampler` shards across ranks itself (the trainer runs with
 `use_distributed_sampler=False`): every rank draws the same seeded permutation, each pair lands
@@ -17,6 +18,17 @@ import torch
 from mars.data.encoding import EncodedPair
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded `input_ids` and `attention_mask` of token rows, as wide as the longest."""
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+    return input_ids, attention_mask
+
+
 @dataclass
 class PairCollator:
     """Stack chosen then rejected, pad once to the longest sequence of the batch.
@@ -29,15 +41,25 @@ class PairCollator:
     pad_id: int
 
     def __call__(self, pairs: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
-        rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        width = max(map(len, rows))
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            attention_mask[i, : len(row)] = 1
+        input_ids, attention_mask = pad_rows([p.chosen for p in pairs] + [p.rejected for p in pairs], self.pad_id)
         return {"input_ids": input_ids, "attention_mask": attention_mask,
                 "pair_index": torch.tensor([p.index for p in pairs], dtype=torch.long)}
+
+
+@dataclass
+class RowCollator:
+    """Single sequences `(row_index, ids)`, padded: the prediction pass scores rows, not pairs.
+
+    >>> RowCollator(pad_id=0)([(4, [1, 2]), (0, [3])])["input_ids"].tolist()
+    [[1, 2], [3, 0]]
+    """
+
+    pad_id: int
+
+    def __call__(self, rows: Sequence[tuple[int, list[int]]]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = pad_rows([ids for _, ids in rows], self.pad_id)
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "row_index": torch.tensor([i for i, _ in rows], dtype=torch.long)}
 
 
 class PairBatchSampler(torch.utils.data.Sampler[list[int]]):

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mars.config import BackboneConfig, DataConfig
-from mars.data.batching import PairBatchSampler, PairCollator
+from mars.data.batching import PairBatchSampler, PairCollator, RowCollator
 from mars.data.encoding import PairEncoder
 from mars.data.records import PreferencePair
 from mars.data.splits import load_splits
@@ -93,17 +93,26 @@ class PreferenceDataModule(L.LightningDataModule):
 
     # ---- the one narrow call into the model: margins of any pairs, identical on every rank
     def score(self, pairs: list[PreferencePair], features: bool = False) -> Scores:
-        module = self.trainer.lightning_module
-        index, margins, feats = module.score_margins(
-            self._loader(self.encoder.encode(pairs), self.cfg.eval_batch_size, shuffle=False), features)
-        margin_all = np.zeros(len(pairs))
-        feat_all = None
-        for idx, m, f in self._gather((index.numpy(), margins.numpy(), None if feats is None else feats.numpy())):
-            margin_all[idx] = m
+        """Δ (and ψ = φ⁺ − φ⁻) of every pair. Each distinct sequence is scored once, alone, in
+        length-sorted batches of rows (less padding than batches of pairs), shared across ranks."""
+        row_of: dict[tuple[int, ...], int] = {}
+        sides = np.array([[row_of.setdefault(tuple(ids), len(row_of)) for ids in (e.chosen, e.rejected)]
+                          for e in self.encoder.encode(pairs)], dtype=np.int64).reshape(-1, 2)
+        rows = [(j, list(ids)) for ids, j in row_of.items()]
+        rank, world = self._rank_world
+        sampler = PairBatchSampler([len(ids) for _, ids in rows], 2 * self.cfg.eval_batch_size, shuffle=False,
+                                   rank=rank, world_size=world)
+        loader = DataLoader(rows, batch_sampler=sampler, collate_fn=RowCollator(self.collator.pad_id))
+        index, rewards, feats = self.trainer.lightning_module.score_rows(loader, features)
+        reward_all, feat_all = np.zeros(len(rows)), None
+        for idx, r, f in self._gather((index.numpy(), rewards.numpy(), None if feats is None else feats.numpy())):
+            reward_all[idx] = r
             if f is not None:
-                feat_all = np.zeros((len(pairs), f.shape[1])) if feat_all is None else feat_all
+                feat_all = np.zeros((len(rows), f.shape[1])) if feat_all is None else feat_all
                 feat_all[idx] = f
-        return Scores(margin_all, feat_all)
+        chosen, rejected = sides[:, 0], sides[:, 1]
+        return Scores(reward_all[chosen] - reward_all[rejected],
+                      None if feat_all is None else feat_all[chosen] - feat_all[rejected])
 
     # ---- the per-epoch round
     def train_dataloader(self) -> DataLoader:

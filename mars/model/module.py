@@ -67,29 +67,28 @@ class RewardModule(L.LightningModule):
         raise AttributeError(f"{type(self.model).__name__} has no 'score' or 'classifier' head")
 
     @torch.inference_mode()
-    def score_margins(self, batches, features: bool = False):
-        """The MARS prediction pass: (pair_index, Δ, ψ = φ⁺ − φ⁻ or None) for every pair of `batches`."""
+    def score_rows(self, batches, features: bool = False):
+        """The MARS prediction pass: (row_index, reward, φ or None) for every sequence of `batches`
+        (single rows, `RowCollator`); φ is the reward head's input."""
         was_training = self.training
         self.eval()
-        index, margins, psi = [], [], []
+        index, rewards, phis = [], [], []
         captured = []
         hook = self.head().register_forward_pre_hook(lambda m, args: captured.append(args[0])) if features else None
         try:
             for batch in batches:
                 batch = self.transfer_batch_to_device(batch, self.device, 0)
-                r_chosen, r_rejected = self.pair_rewards(batch)
-                index.append(batch["pair_index"]), margins.append(r_chosen - r_rejected)
+                index.append(batch["row_index"]), rewards.append(self(batch["input_ids"], batch["attention_mask"]).float())
                 if features:
                     phi = captured.pop().float()
-                    phi = phi[:, 0] if phi.dim() == 3 else phi  # heads that pool themselves take [CLS]
-                    psi.append(torch.sub(*phi.chunk(2)))
+                    phis.append(phi[:, 0] if phi.dim() == 3 else phi)  # heads that pool themselves take [CLS]
         finally:
             if hook:
                 hook.remove()
             self.train(was_training)
         if not index:
             return torch.empty(0, dtype=torch.long), torch.empty(0), None
-        return (torch.cat(index).cpu(), torch.cat(margins).cpu(), torch.cat(psi).cpu() if features else None)
+        return torch.cat(index).cpu(), torch.cat(rewards).cpu(), torch.cat(phis).cpu() if features else None
 
     def on_train_epoch_start(self) -> None:
         self.train()  # from_pretrained returns eval mode, and Lightning keeps modes as it finds them
