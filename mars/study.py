@@ -1,7 +1,7 @@
 """The comparison study: one command runs method × dataset × seed and aggregates the results.
 
     python -m mars.study run [--datasets hh_rlhf ultrafeedback pku_saferlhf] [--seeds 1 2 3]
-    python -m mars.study aggregate logs/cpu_study/study
+    python -m mars.study aggregate logs/study
 
 `run` launches, per dataset, Hydra multiruns of train.py with the `cpu_study_<dataset>` preset
 (or `--preset paper` for the GPU setting) over the methods, then `aggregate` writes results.md,
