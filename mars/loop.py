@@ -109,6 +109,11 @@ class MarsLoop:
         if noisy.any():  # data with known flipped labels (robustness studies): where the budget went
             report["budget_on_flipped_fraction"] = float(budget[noisy].sum() / max(1, budget.sum()))
             report["flipped_fraction"] = float(noisy.mean())
+            # How well the margins single out flipped pairs: a model that learnt the true preference
+            # mis-ranks flipped pairs (by their recorded label) and few clean ones.
+            misranked = scores.margins < 0
+            report["misranked_among_flipped"] = float(misranked[noisy].mean())
+            report["misranked_among_clean"] = float(misranked[~noisy].mean()) if (~noisy).any() else float("nan")
         self.history.append({**report, "allocation": budget.tolist(), "margins": scores.margins.tolist()})
         return report
 

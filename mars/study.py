@@ -86,10 +86,14 @@ def summarise(runs: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
             lo_hi = {k: np.nanpercentile([b[k] for b in boot[method]], [2.5, 97.5]) for k in REPORTED}
             table[method] = {k: {"mean": point[k], "lo": float(min(lo_hi[k][0], point[k])),
                                  "hi": float(max(lo_hi[k][1], point[k]))} for k in REPORTED} | {"seeds": len(rs)}
-            flipped = [r["budget_on_flipped_fraction"] for run in rs for r in run["rounds"]
-                       if "budget_on_flipped_fraction" in r]
-            if flipped:  # known label noise: the share of the budget spent on flipped pairs
-                table[method]["budget_on_flipped"] = float(np.mean(flipped))
+            # Known label noise: the share of the budget spent on flipped pairs, and how often the
+            # round's model mis-ranked flipped and clean pairs (means over rounds and seeds).
+            for key, name in (("budget_on_flipped_fraction", "budget_on_flipped"),
+                              ("misranked_among_flipped", "misranked_flipped"),
+                              ("misranked_among_clean", "misranked_clean")):
+                values = [r[key] for run in rs for r in run["rounds"] if key in r]
+                if values:
+                    table[method][name] = float(np.mean(values))
         for mars in ("mars_abs", "mars_signed"):
             if mars in methods and "uniform" in methods:
                 delta = np.array([b["acc"] for b in boot[mars]]) - np.array([b["acc"] for b in boot["uniform"]])
@@ -112,6 +116,9 @@ def markdown(summary: dict) -> str:
         for method, row in table.items():
             if "budget_on_flipped" in row:
                 lines.append(f"\n{method}: {row['budget_on_flipped']:.3f} of the budget on flipped pairs")
+                if "misranked_flipped" in row:
+                    lines[-1] += (f"; its models mis-ranked {row['misranked_flipped']:.3f} of flipped and "
+                                  f"{row['misranked_clean']:.3f} of clean pairs")
         for method, row in table.items():
             if " - " in method:
                 a = row["acc"]

@@ -101,6 +101,18 @@ def test_mars_puts_budget_on_small_margins_and_signed_on_misranked():
     assert len(r_abs["fisher_bins"]) == 5
 
 
+def test_rounds_report_where_the_budget_goes_on_known_flipped_labels():
+    import dataclasses
+
+    margins = np.linspace(-3, 3, 20)  # the 5 most negative margins belong to flipped pairs
+    loop = make_loop(MarsAllocator(2.0, "signed"))
+    loop.base = [dataclasses.replace(p, meta={"noise": {"selected": i < 5}}) for i, p in enumerate(loop.base)]
+    report = loop.build_round(0, FixedScorer(margins))
+    assert report["flipped_fraction"] == 0.25
+    assert report["misranked_among_flipped"] == 1.0 and report["misranked_among_clean"] == pytest.approx(5 / 15)
+    assert report["budget_on_flipped_fraction"] > 0.25  # signed margins favour the mis-ranked
+
+
 def test_warmup_epochs_train_on_base_only():
     loop = make_loop(MarsAllocator(0.5), warmup_epochs=2)
     scorer = FixedScorer(np.zeros(20))
