@@ -7,6 +7,7 @@ for memory, `os.getloadavg()` at the start and end of every measurement.
 """
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
@@ -70,20 +71,34 @@ def print_machine() -> dict:
     return m
 
 
-def add_threads_arg(ap) -> None:
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser with the flags they all take: --quick, --json, --threads."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch intra-op threads (0: torch's default, one per core). With other work "
                          "on the machine, 2 OpenMP threads on 2 shared cores wait on each other at every "
                          "parallel region; 1 thread then measures more steadily")
+    return ap
 
 
-def apply_threads(n: int) -> None:
-    """Set torch's threads in this process and (through OMP_NUM_THREADS) in child processes."""
-    if n and n > 0:
+def parse(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments, with torch's threads set in this process and (OMP_NUM_THREADS) its children."""
+    args = ap.parse_args()
+    if args.threads > 0:
         import torch
 
-        os.environ["OMP_NUM_THREADS"] = str(n)
-        torch.set_num_threads(n)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def begin() -> tuple[float, float, float]:
+    """Quiet logs, print the machine; the loadavg at the start."""
+    quiet_logging()
+    print_machine()
+    return loadavg()
 
 
 def median(xs):

@@ -21,7 +21,6 @@ cold and warm, wall time including Python start-up.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -68,23 +67,18 @@ def sweep_point(cache: Path, out: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = C.arg_parser(__doc__)
     ap.add_argument("--train", type=int, default=500)
     ap.add_argument("--test", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
     ap.add_argument("--no-sweep-point", action="store_true")
-    ap.add_argument("--json")
-    C.add_threads_arg(ap)
-    args = ap.parse_args()
-    C.apply_threads(args.threads)
+    args = C.parse(ap)
     if args.quick:
         args.train, args.test, args.epochs, args.no_sweep_point = 48, 40, 1, True
-    C.quiet_logging()
-    C.print_machine()
+    load0 = C.begin()
     print(f"fast_modes: {args.train} HH pairs, {args.epochs} epochs, {args.test} held out; "
-          f"loadavg {C.fmt_load(C.loadavg())}", flush=True)
+          f"loadavg {C.fmt_load(load0)}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="mars_bench_fast_") as d:
         root = Path(d)

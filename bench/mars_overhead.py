@@ -28,7 +28,6 @@ than mars's synthetic variants, so its training epoch is not the same work. Targ
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -149,8 +148,7 @@ def run(kind: str, d0: int, budget: int, rounds: int, max_length: int, batch: in
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = C.arg_parser(__doc__)
     ap.add_argument("--d0", type=int, default=160)
     ap.add_argument("--budget", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds/epochs (repeats)")
@@ -160,17 +158,12 @@ def main() -> None:
                     help="variants per response put into the cache before the timed run")
     ap.add_argument("--accumulate", action="store_true",
                     help="the paper's growing D^t (mars alone): per-round and whole-run share of the round")
-    ap.add_argument("--json")
-    C.add_threads_arg(ap)
-    args = ap.parse_args()
-    C.apply_threads(args.threads)
+    args = C.parse(ap)
     if args.quick:
         args.d0, args.budget, args.rounds = 24, 8, 2
     if args.accumulate:
         return growing_schedule(args)
-    C.quiet_logging()
-    C.print_machine()
-    load0 = C.loadavg()
+    load0 = C.begin()
     print(f"mars_overhead: |D0|={args.d0}, B={args.budget}, |D^t|={args.d0 + args.budget}, MiniLM max_length "
           f"{args.max_length}, {args.batch} pairs/batch, {args.rounds} timed rounds each; loadavg {C.fmt_load(load0)}",
           flush=True)
@@ -223,9 +216,7 @@ def main() -> None:
 
 def growing_schedule(args) -> None:
     """mars alone with loop.accumulate=true: each round's share, and the whole run's."""
-    C.quiet_logging()
-    C.print_machine()
-    load0 = C.loadavg()
+    load0 = C.begin()
     print(f"mars_overhead --accumulate: |D0|={args.d0}, B={args.budget} per round, {args.rounds} rounds, "
           f"|D^t| = {args.d0} + t*{args.budget}; loadavg {C.fmt_load(load0)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="mars_bench_overhead_") as d:

@@ -15,7 +15,6 @@ Target: prediction pass ≥ 3× training pairs/s.
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -124,22 +123,17 @@ def train_and_score(n_pairs: int, epochs: int, repeats: int, max_length: int = 2
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = C.arg_parser(__doc__)
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=3, help="training epochs (repeats of the training figure)")
     ap.add_argument("--repeats", type=int, default=3, help="prediction passes")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--alt-eval-batch", type=int, nargs="*", default=[64],
                     help="also time the pass with these eval batch sizes (what-if; the default config uses 16)")
-    ap.add_argument("--json")
-    C.add_threads_arg(ap)
-    args = ap.parse_args()
-    C.apply_threads(args.threads)
+    args = C.parse(ap)
     if args.quick:
         args.pairs, args.epochs, args.repeats = 32, 2, 2
-    C.print_machine()
-    load0 = C.loadavg()
+    load0 = C.begin()
     print(f"prediction_pass: {args.pairs} HH pairs, MiniLM, max_length {args.max_length}; training 8 pairs/batch "
           f"x {args.epochs} epochs, prediction pass eval batch 16 (length-sorted) x {args.repeats}; "
           f"loadavg {C.fmt_load(load0)}", flush=True)

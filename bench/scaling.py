@@ -24,7 +24,6 @@ reported. Growth ratio per doubling: linear scaling is ≈ 2.0.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import tempfile
@@ -121,22 +120,16 @@ def time_rounds(pairs, budget: int, repeats: int, root: Path, tag: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = C.arg_parser(__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000])
     ap.add_argument("--budget", type=int, default=1000, help="B for the |D0| sweep")
     ap.add_argument("--budgets", type=int, nargs="+", default=[500, 1000, 2000])
     ap.add_argument("--budget-d0", type=int, default=2000, help="|D0| for the budget sweep")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json")
-    C.add_threads_arg(ap)
-    args = ap.parse_args()
-    C.apply_threads(args.threads)
+    args = C.parse(ap)
     if args.quick:
         args.sizes, args.budget, args.budgets, args.budget_d0, args.repeats = [100, 200, 400], 100, [50, 100, 200], 200, 2
-    C.quiet_logging()
-    C.print_machine()
-    load0 = C.loadavg()
+    load0 = C.begin()
     print(f"scaling: |D0| {args.sizes} at B={args.budget}; B {args.budgets} at |D0|={args.budget_d0}; tiny scorer "
           f"(max_length 64); {args.repeats} timed rounds each after a cache-filling one; loadavg {C.fmt_load(load0)}",
           flush=True)

@@ -230,8 +230,7 @@ def acc(margins, mask=None) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    ap = C.arg_parser(__doc__)
     ap.add_argument("--train", type=int, default=512)
     ap.add_argument("--heldout", type=int, default=500)
     ap.add_argument("--max-length", type=int, default=256)
@@ -240,23 +239,18 @@ def main() -> None:
     ap.add_argument("--trl-first", action="store_true", help="start with TRL (order effects)")
     ap.add_argument("--trl-defaults", action="store_true",
                     help="TRL with its own recipe (lr 1e-4, gradient checkpointing on) instead of the shared one")
-    ap.add_argument("--json", help="write all results here")
-    C.add_threads_arg(ap)
     ap.add_argument("--worker", choices=["mars", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="0", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    C.apply_threads(args.threads)
+    args = C.parse(ap)
     if args.worker:
         res = (worker_mars if args.worker == "mars" else worker_trl)(args)
         C.write_json(args.result, res)
         return
     if args.quick:
         args.train, args.heldout = 48, 40
-
-    C.print_machine()
-    load0 = C.loadavg()
+    load0 = C.begin()
     print(f"train_vs_trl: {args.train} train pairs (first of the file), {args.heldout} held out (last), "
           f"max_length {args.max_length}, {args.batch} pairs/batch, 1 epoch, fp32, repeats {args.repeats}; "
           f"loadavg {C.fmt_load(load0)}", flush=True)

@@ -14,7 +14,6 @@ mars trains in fp32, so the fp32 peak is the reference; the bf16 fraction is sho
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import _common as C
@@ -42,25 +41,20 @@ def matmul_peak(n: int, dtype, repeats: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = C.arg_parser(__doc__)
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--matmul-repeats", type=int, default=7)
     ap.add_argument("--pairs", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--passes", type=int, default=3)
-    ap.add_argument("--json")
-    C.add_threads_arg(ap)
-    args = ap.parse_args()
-    C.apply_threads(args.threads)
+    args = C.parse(ap)
     if args.quick:
         args.n, args.matmul_repeats, args.pairs, args.epochs, args.passes = 1024, 3, 24, 2, 2
     import torch
 
     from prediction_pass import train_and_score
 
-    C.print_machine()
-    load0 = C.loadavg()
+    load0 = C.begin()
     print(f"utilisation: {args.n}x{args.n} @ {args.n}x{args.n} best of {args.matmul_repeats}; mars on {args.pairs} "
           f"HH pairs x {args.epochs} epochs, {args.passes} prediction passes; loadavg {C.fmt_load(load0)}", flush=True)
     peaks = {}
