@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig
 
 from mars.config import typed
 from mars.data.splits import load_pool, load_splits
-from mars.evaluation import bootstrap, by_group, format_table, load_for_eval, score_pairs
+from mars.evaluation.pairwise import bootstrap, by_group, format_table, load_for_eval, score_pairs
 from mars.report import eval_plots
 
 log = logging.getLogger("mars.eval")

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from mars.config import validate
 from mars.data.datamodule import PreferenceDataModule
-from mars.evaluation import score_pairs
+from mars.evaluation.pairwise import score_pairs
 from mars.export import export_reward_model, load_weights
 from mars.loop import MarsLoop
 from mars.model.module import RewardModule

@@ -39,7 +39,7 @@ def run_mode(train_layers: int, lr: float, args, out: Path, cache: Path) -> dict
     from omegaconf import open_dict
 
     import train as train_script
-    from mars.evaluation import bootstrap
+    from mars.evaluation.pairwise import bootstrap
 
     cfg = C.compose(["data=hh_rlhf_offline", f"data.train_size={args.train}", "data.val_size=200",
                      f"data.test_size={args.test}", "backbone.max_length=256", "data.batch_size=16",

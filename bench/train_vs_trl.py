@@ -60,7 +60,7 @@ def worker_mars(args) -> dict:
     dm, module = objs["datamodule"], objs["model"]
     # Held-out margins with mars's own scoring (`mars.evaluation.score_pairs`, as eval.py); validation
     # during fit is switched off (limit_val_batches=0) so that the held-out set is scored once.
-    from mars.evaluation import score_pairs
+    from mars.evaluation.pairwise import score_pairs
 
     heldout = dm.splits["val"]
     with C.Measure() as m_eval:

@@ -13,7 +13,7 @@ from mars.config import BackboneConfig, LossConfig, OptimConfig
 from mars.data.batching import PairCollator
 from mars.data.demo import demo_splits
 from mars.data.encoding import PairEncoder
-from mars.evaluation import bootstrap, by_group, load_for_eval, score_pairs
+from mars.evaluation.pairwise import bootstrap, by_group, load_for_eval, score_pairs
 from mars.export import export_reward_model
 from mars.model.module import RewardModule
 from tests.conftest import compose_config

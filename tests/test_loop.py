@@ -17,7 +17,7 @@ from mars.allocators.west_of_n import WestOfNAllocator
 from mars.augmenters.eda import EDAAugmenter
 from mars.config import LoopConfig
 from mars.data.records import PreferencePair
-from mars.evaluation import load_for_eval, score_pairs
+from mars.evaluation.pairwise import load_for_eval, score_pairs
 from mars.loop import MarsLoop, Scores, variant_counts
 from tests.conftest import TINY, compose_config, require_data
 from train import train

@@ -8,7 +8,7 @@ import pytest
 
 from mars.config import validate
 from mars.data.splits import load_splits
-from mars.evaluation import load_for_eval, score_pairs
+from mars.evaluation.pairwise import load_for_eval, score_pairs
 from mars.model.module import RewardModule
 from tests.conftest import compose_config, require_data
 from train import train
