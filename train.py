@@ -15,10 +15,12 @@ from omegaconf import DictConfig
 
 from mars.config import validate
 from mars.data.datamodule import PreferenceDataModule
-from mars.evaluation.pairwise import score_pairs
+from mars.data.format import PairFormatter
 from mars.export import export_reward_model, load_weights
 from mars.loop import MarsLoop
+from mars.model.backbone import load_tokenizer
 from mars.model.module import RewardModule
+from mars.model.scoring import Scorer
 from mars.utils import instantiate_group, loggable_config, resolve_ckpt_path
 
 log = logging.getLogger("mars.train")
@@ -28,14 +30,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     """Fit, test and export as configured; returns the final metrics and the objects built."""
     typed = validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    loop = MarsLoop(typed["loop"], hydra.utils.instantiate(cfg.allocator),
-                    hydra.utils.instantiate(cfg.augmenter), seed=cfg.seed)
-    datamodule = PreferenceDataModule(typed["data"], typed["backbone"], loop, cfg.seed, cfg.paths.output_dir)
-    model = RewardModule(typed["backbone"], typed["optim"], typed["loss"], cfg.seed,
-                         feature_cache=os.path.join(cfg.paths.cache_dir, "features"))
+    backbone, data = typed["backbone"], typed["data"]
+    tokenizer = load_tokenizer(backbone)  # one tokenizer for the data and the model
+    formatter = PairFormatter(tokenizer, backbone.max_length, backbone.min_prompt_tokens)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
                                                  logger=loggers or False)
+    scorer = Scorer(formatter, tokenizer.pad_token_id, data.eval_batch_size, trainer=trainer)
+    loop = MarsLoop(typed["loop"], hydra.utils.instantiate(cfg.allocator), hydra.utils.instantiate(cfg.augmenter),
+                    scorer, seed=cfg.seed)
+    datamodule = PreferenceDataModule(data, formatter, loop, cfg.seed, cfg.paths.output_dir)
+    model = RewardModule(backbone, typed["finetune"], typed["optim"], typed["loss"], cfg.seed, tokenizer,
+                         feature_cache=os.path.join(cfg.paths.cache_dir, "features"),
+                         horizon=datamodule.planned_optimizer_steps)
     for logger in loggers:
         logger.log_hyperparams(loggable_config(cfg))
 
@@ -50,17 +57,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        if trainer.is_global_zero:  # per-pair rewards: paired comparisons and bootstrap across runs
-            pairs = datamodule.splits["test"]
-            r_chosen, r_rejected, _ = score_pairs(model, pairs, datamodule.cfg.eval_batch_size)
+        pairs = datamodule.splits["test"]
+        scores = scorer.pairs(pairs)  # per-pair rewards: paired comparisons and bootstrap across runs
+        if trainer.is_global_zero:
             with open(os.path.join(cfg.paths.output_dir, "test_scores.json"), "w") as f:
-                json.dump({"ids": [p.id for p in pairs], "r_chosen": r_chosen.tolist(),
-                           "r_rejected": r_rejected.tolist()}, f)
+                json.dump({"ids": [p.id for p in pairs], "r_chosen": scores.r_chosen.tolist(),
+                           "r_rejected": scores.r_rejected.tolist()}, f)
     if cfg.get("export") and trainer.is_global_zero:
         if best:
             load_weights(model, best)
         out = export_reward_model(model, os.path.join(cfg.paths.output_dir, "export"),
-                                  {"checkpoint": best, "metrics": metrics, "truncated": datamodule.truncated})
+                                  {"checkpoint": os.path.relpath(best, cfg.paths.output_dir) if best else None,
+                                   "metrics": metrics, "truncated": datamodule.truncated},
+                                  adapter=typed["finetune"].export_adapter)
         log.info("exported the best model to %s", out)
     if trainer.is_global_zero:
         with open(os.path.join(cfg.paths.output_dir, "metrics.json"), "w") as f:

@@ -271,7 +271,7 @@ class EpochTimer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         mask = batch["attention_mask"]
-        self._cur["pairs"] += int(batch["pair_index"].numel())
+        self._cur["pairs"] += int(batch["index"].numel())
         self._cur["tokens"] += int(mask.sum())
         self._cur["padded"] += int(mask.numel())
         self._cur["batches"] += 1

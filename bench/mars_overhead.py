@@ -40,12 +40,12 @@ COMPONENTS: dict = {}
 
 def wrap_components() -> None:
     """Time the parts of the round from outside (this process only; mars's code is not changed):
-    the prediction pass (DataModule.score), `MarsLoop.build_round`, tokenising (PairEncoder.encode),
+    the prediction pass (DataModule.score), `MarsLoop.build_round`, tokenising (PairFormatter.encode),
     round logging (log_round) and Python's garbage collector."""
     import gc
 
     import mars.data.datamodule as dmod
-    from mars.data.encoding import PairEncoder
+    from mars.data.format import PairFormatter
     from mars.loop import MarsLoop
 
     if getattr(dmod.PreferenceDataModule.score, "_bench_wrapped", False):
@@ -66,7 +66,7 @@ def wrap_components() -> None:
     dmod.PreferenceDataModule.score = timed("score", dmod.PreferenceDataModule.score, epoch)
     dmod.log_round = timed("log_round", dmod.log_round, epoch)
     MarsLoop.build_round = timed("build_round", MarsLoop.build_round, epoch)
-    PairEncoder.encode = timed("encode", PairEncoder.encode, epoch)
+    PairFormatter.encode = timed("encode", PairFormatter.encode, epoch)
     dmod.pairs_digest = timed("digest", dmod.pairs_digest, epoch)
     original_loader = dmod.PreferenceDataModule.train_dataloader
 
@@ -175,7 +175,7 @@ def main() -> None:
         for e in res[k]["epochs"]:
             rep = e["report"]
             extra = (f"; round parts: build_round {e['build_round_s']:.2f} s of which prediction pass "
-                     f"{e['score_s']:.2f} s, tokenising {e['encode_s']:.2f} s (all PairEncoder.encode calls), "
+                     f"{e['score_s']:.2f} s, tokenising {e['encode_s']:.2f} s (all PairFormatter.encode calls), "
                      f"digest {e['digest_s']:.2f} s, round logging {e['log_round_s']:.2f} s, Python GC "
                      f"{e['gc_s']:.2f} s; augment generated {rep.get('augment_generated', 0)} / cache hits "
                      f"{rep.get('augment_cache_hits', 0)}" if k == "mars" else "")

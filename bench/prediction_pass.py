@@ -27,7 +27,7 @@ class CountingCollator:
     only) and counts the rows and tokens it pads."""
 
     def __init__(self):
-        from mars.data.batching import RowCollator
+        from mars.data.batch import RowCollator
 
         self.make, self.tokens, self.padded, self.rows = RowCollator, 0, 0, 0
 

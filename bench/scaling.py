@@ -62,7 +62,7 @@ def setup_round(pairs, budget: int, root: Path, tag: str):
         for p in pairs:
             f.write(json.dumps({"id": p.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n")
     cfg = C.compose(["backbone=tiny", "allocator=mars", "augmenter=eda", "data=local", f"data.path={path}",
-                     "data.fields.id=id", "data.val_size=0", "data.test_size=0", "data.train_size=-1",
+                     "data.fields.id=id", "data.val_size=1", "data.test_size=0", "data.train_size=-1",
                      f"loop.budget={budget}", "loop.warmup_epochs=1", "loop.accumulate=true"], root / "run")
     data, backbone, optim, loss, loop_cfg = (typed(cfg, g) for g in ("data", "backbone", "optim", "loss", "loop"))
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ class PairAudit(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         pairs = trainer.datamodule.epoch_pairs
-        self.seen += [pairs[i].id for i in batch["pair_index"].tolist()]
+        self.seen += [pairs[i].id for i in batch["index"].tolist()]
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         os.makedirs(self.dirpath, exist_ok=True)

@@ -18,6 +18,9 @@ def _choice(group: str, key: str, value: Any, allowed: tuple) -> None:
         raise ValueError(f"{group}.{key}={value!r} is not one of {list(allowed)}")
 
 
+CANDIDATE_SOURCES = ("alpacaeval_bon", "rewardbench2", "candidates")  # N candidates a prompt, not pairs
+
+
 @dataclass
 class FieldNames:
     """Column names of a generic local file (`data.source=local`)."""
@@ -37,7 +40,9 @@ class DataConfig:
     `val_size` and `test_size` pairs (`-1` for train: all that is left; 1,200 for the demo).
     """
 
-    source: str = "demo"  # demo | hh_rlhf | ultrafeedback | pku_saferlhf | rewardbench | local
+    # demo | hh_rlhf | ultrafeedback | pku_saferlhf | rewardbench | local; best-of-N sets (eval.py):
+    # alpacaeval_bon | rewardbench2 | candidates (your own: mars/data/candidates.py)
+    source: str = "demo"
     path: Optional[str] = None  # local file (json, jsonl, jsonl.gz, parquet, csv)
     hub_name: Optional[str] = None  # Hub dataset name, used when `path` is unset
     hub_data_dir: Optional[str] = None  # e.g. "harmless-base" for Anthropic/hh-rlhf
@@ -59,10 +64,11 @@ class DataConfig:
     eval_batch_size: int = 16
     length_grouping: bool = True  # batch pairs of similar length: less padding
     num_workers: int = 0
+    limit: Optional[int] = None  # best-of-N sets: the first K prompts only (smoke runs)
 
     def __post_init__(self) -> None:
         _choice("data", "source", self.source,
-                ("demo", "hh_rlhf", "ultrafeedback", "pku_saferlhf", "rewardbench", "local"))
+                ("demo", "hh_rlhf", "ultrafeedback", "pku_saferlhf", "rewardbench", "local") + CANDIDATE_SOURCES)
         _choice("data", "on_error", self.on_error, ("raise", "skip"))
 
 
@@ -87,18 +93,47 @@ class BackboneConfig:
     # default, as in TRL and OpenRLHF: it adds noise to each pair's margin, and on CPU attention
     # dropout also forces the unfused attention path (a step is ~25% slower, docs/benchmarks.md).
     dropout: Optional[float] = 0.0
-    # Fast modes (mars/model/frozen.py): -1 fine-tunes everything; 0 trains the head alone on cached
-    # frozen features; k > 0 trains the top k layers on the cached output of the layers below.
-    train_layers: int = -1  # their features are kept in ${paths.cache_dir}/features across runs
+    model_type: Optional[str] = None  # build this architecture from scratch (random weights, tests)
+    # The reward's token: "auto" reads it from the architecture (decoder-only LMs: last real
+    # token; encoders: first token through their own pooler).
+    kind: str = "auto"  # auto | encoder | decoder
+    train_layers: Optional[int] = None  # gone: the finetune group decides what trains
 
     def __post_init__(self) -> None:
         _choice("backbone", "chat_template", self.chat_template, ("auto", "never"))
-        if self.train_layers < -1:
-            raise ValueError(f"backbone.train_layers={self.train_layers}: use -1 (all), 0 (head) or k > 0")
+        _choice("backbone", "kind", self.kind, ("auto", "encoder", "decoder"))
+        if self.train_layers is not None:
+            raise ValueError(f"backbone.train_layers={self.train_layers} is gone: what trains is the finetune group: "
+                             "finetune=full (was -1), finetune=head (was 0), finetune=top_layers finetune.layers=k "
+                             "(was k), or finetune=lora")
         if self.max_length < 8:
             raise ValueError(f"backbone.max_length={self.max_length} is too small")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"backbone.dropout={self.dropout}: use a probability in [0, 1) or null")
+
+
+@dataclass
+class FinetuneConfig:
+    """What trains (mars/model/finetune.py): full | lora | qlora | head | top_layers.
+
+    LoRA (peft): rank `r`, scaling `alpha`, adapter `dropout`, `target_modules` ("all-linear": every
+    linear layer but the head). The reward head always trains and is always saved; the export
+    merges the adapters into the weights, and `export_adapter` also writes the peft adapter folder.
+    `top_layers` trains the top `layers` layers on the cached output of the ones below.
+    """
+
+    name: str = "full"
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # "all-linear" or a list of module names
+    layers: int = 2
+    export_adapter: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("finetune", "name", self.name, ("full", "lora", "qlora", "head", "top_layers"))
+        if self.name == "top_layers" and self.layers < 1:
+            raise ValueError(f"finetune.layers={self.layers}: top_layers trains at least one layer")
 
 
 @dataclass
@@ -121,7 +156,7 @@ class OptimConfig:
 class LossConfig:
     """Bradley–Terry loss −log σ(Δ − m) + c·mean((r⁺ + r⁻)²)."""
 
-    target_margin: float = 0.0  # m; a per-pair `margin` in the data's meta overrides it
+    target_margin: float = 0.0  # m; a pair's own `margin` (data column `margin`) overrides it
     center_rewards_coef: float = 0.0  # c: keeps rewards centred on zero (as TRL/RLHFlow)
 
 
@@ -149,7 +184,7 @@ class LoopConfig:
         return self.budget
 
 
-SCHEMAS = {"data": DataConfig, "backbone": BackboneConfig, "optim": OptimConfig, "loss": LossConfig, "loop": LoopConfig}
+SCHEMAS = {"data": DataConfig, "backbone": BackboneConfig, "finetune": FinetuneConfig, "optim": OptimConfig, "loss": LossConfig, "loop": LoopConfig}
 
 
 def register_schemas() -> None:
@@ -160,6 +195,7 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     store.store(group="data", name="schema", node=DataConfig)
     store.store(group="backbone", name="schema", node=BackboneConfig)
+    store.store(group="finetune", name="schema", node=FinetuneConfig)
 
 
 register_schemas()
@@ -182,5 +218,5 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
 
 
 __all__ = [
-    "FieldNames", "DataConfig", "BackboneConfig", "OptimConfig", "LossConfig", "LoopConfig", "typed", "validate",
+    "FieldNames", "DataConfig", "BackboneConfig", "FinetuneConfig", "OptimConfig", "LossConfig", "LoopConfig", "typed", "validate",
 ]

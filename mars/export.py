@@ -1,26 +1,102 @@
-"""Export a trained reward model as a folder that `from_pretrained` loads (RewardBench, TRL PPO)."""
+"""Export a trained reward model as a folder that `from_pretrained` loads and any tool scores as
+mars does (RewardBench, TRL's PPO, best-of-N sampling).
+
+The folder is a plain `AutoModelForSequenceClassification` (num_labels=1, pad_token_id set; LoRA
+merged into the weights) with its tokenizer, whose chat template renders exactly the text mars
+trained and evaluated on (mars/data/format.py). `mars_export.json` states that format and the
+truncation rule and holds no path of the training machine. `adapter/`, on request, is the peft
+adapter (LoRA weights and the head) for the base model.
+"""
 from __future__ import annotations
 
+import copy
 import json
 import os
 
 import torch
 
+from mars.data.format import PairFormatter
+from mars.model.finetune import has_lora, lora_config, merge_lora
+
+FORMAT = ("text = tokenizer.apply_chat_template(messages, tokenize=False) with messages = the prompt's turns "
+          "(an HH-RLHF dialogue turn by turn, a plain prompt as one user turn) + {role: assistant, content: "
+          "response}; ids = tokenizer(text, add_special_tokens=add_special_tokens); reward = the model's single logit")
+TRUNCATION = ("sequences longer than max_length: the prompt is cut from the left down to min_prompt_tokens, "
+              "then the response from the left (its end stays); special tokens are kept")
+
+
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint whose weights do not fit the model it is loaded into."""
+
 
 def load_weights(module, ckpt_path: str) -> None:
-    """Load a Lightning checkpoint's weights into `module` (same architecture)."""
+    """Load a Lightning checkpoint's weights into `module`, strictly: every key must match."""
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state, strict=False)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointMismatch(f"{ckpt_path} does not fit this model: {len(missing)} missing keys "
+                                 f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")
 
 
-def export_reward_model(module, out_dir: str, extra: dict | None = None) -> str:
-    """model.safetensors + config (num_labels=1, pad_token_id) + tokenizer + mars_export.json."""
+def load_for_eval(model: str, max_length: int | None = None):
+    """A RewardModule, built, from a Lightning `.ckpt` or a `from_pretrained` folder (an export or
+    a Hub name); an export's own max length and truncation rule unless `max_length` is given."""
+    from mars.config import BackboneConfig, FinetuneConfig, LossConfig, OptimConfig
+    from mars.model.module import RewardModule
+
+    if model.endswith(".ckpt"):
+        module = RewardModule.load_from_checkpoint(model, map_location="cpu", weights_only=False)
+        if max_length:
+            module.backbone_cfg.max_length = max_length
+        return module
+    export = {}
+    if os.path.exists(os.path.join(model, "mars_export.json")):
+        with open(os.path.join(model, "mars_export.json")) as f:
+            export = json.load(f)
+    backbone = BackboneConfig(name_or_path=model, max_length=max_length or export.get("max_length", 512),
+                              min_prompt_tokens=export.get("min_prompt_tokens", 32),
+                              kind=export.get("kind", "auto"))
+    module = RewardModule(backbone, FinetuneConfig(), OptimConfig(), LossConfig())
+    module.configure_model()
+    return module.eval()
+
+
+def export_reward_model(module, out_dir: str, extra: dict | None = None, adapter: bool = False) -> str:
+    """model.safetensors + config + tokenizer (with its chat template) + mars_export.json."""
     os.makedirs(out_dir, exist_ok=True)
-    module.model.save_pretrained(out_dir)
+    model = module.model
+    if has_lora(model):
+        if adapter:
+            save_adapter(model, os.path.join(out_dir, "adapter"), module.finetune_cfg)
+        model = copy.deepcopy(model)  # the module keeps training-ready adapters
+        merge_lora(model)
+    try:
+        model.hf_model().save_pretrained(out_dir)
+    finally:
+        model.detach_head()
     module.tokenizer.save_pretrained(out_dir)
     cfg = module.backbone_cfg
+    formatter = PairFormatter(module.tokenizer, cfg.max_length, cfg.min_prompt_tokens)
+    probe = formatter.texts("x", "y")
     with open(os.path.join(out_dir, "mars_export.json"), "w") as f:
-        json.dump({"max_length": cfg.max_length, "min_prompt_tokens": cfg.min_prompt_tokens,
-                   "chat_template": cfg.chat_template, "base_model": cfg.name_or_path, **(extra or {})},
+        json.dump({"format": FORMAT, "add_special_tokens": formatter.adds_special_tokens("".join(probe)),
+                   "truncation": TRUNCATION, "max_length": cfg.max_length,
+                   "min_prompt_tokens": cfg.min_prompt_tokens, **module.export_info(), **(extra or {})},
                   f, indent=2)
     return out_dir
+
+
+def save_adapter(model, out_dir: str, finetune_cfg) -> None:
+    """The peft adapter folder: `PeftModel.from_pretrained(AutoModelForSequenceClassification
+    .from_pretrained(base, num_labels=1, pad_token_id=…), out_dir)` rebuilds the reward model."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    config = lora_config(finetune_cfg)
+    config.modules_to_save = [model.head_path]
+    state = get_peft_model_state_dict(model.net)
+    state.update({f"{model.head_path}.{k}": v for k, v in model.head.state_dict().items()})
+    os.makedirs(out_dir, exist_ok=True)
+    config.save_pretrained(out_dir)
+    save_file({f"base_model.model.{k}": v.detach().contiguous().cpu() for k, v in state.items()},
+              os.path.join(out_dir, "adapter_model.safetensors"))

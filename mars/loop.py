@@ -21,18 +21,9 @@ from mars.augmenters.base import Augmenter, VariantRequest
 from mars.config import LoopConfig
 from mars.data.records import PreferencePair
 from mars.diagnostics import round_report
+from mars.model.scoring import Scorer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Scores:
-    margins: np.ndarray  # Δ per pair
-    features: Optional[np.ndarray] = None  # ψ = φ(x,y⁺) − φ(x,y⁻), the head's input features
-
-
-# scorer(pairs, features) -> Scores, identical on every rank (gathered under DDP)
-Scorer = Callable[[list[PreferencePair], bool], Scores]
 
 
 def variant_counts(b: int) -> tuple[int, int]:
@@ -48,6 +39,7 @@ class MarsLoop:
     cfg: LoopConfig
     allocator: Allocator
     augmenter: Augmenter
+    scorer: Optional[Scorer] = None  # the model of the round: Δ of any pairs, identical on every rank
     seed: int = 0
     base: list[PreferencePair] = field(default_factory=list)
     synthetic: list[PreferencePair] = field(default_factory=list)
@@ -81,7 +73,7 @@ class MarsLoop:
         added = sum(self.cfg.budget_for(s) for s in range(1, t + 1)) if self.cfg.accumulate else self.cfg.budget_for(t)
         return len(self.base) + added
 
-    def build_round(self, epoch: int, scorer: Scorer) -> dict:
+    def build_round(self, epoch: int) -> dict:
         """Grow D^t for `epoch` from the current model's margins; returns the round's report."""
         t = self.round_of_epoch(epoch)
         if t == 0:
@@ -91,16 +83,16 @@ class MarsLoop:
             # validation end, before the epoch counts as finished): D^t is already the restored one.
             return {"round": t, "warmup": False, "resumed": True, "train_pairs": len(self.training_set())}
         rng = np.random.default_rng([self.seed, t])
-        scores = scorer(self.base, True)
+        scores = self.scorer.pairs(self.base, features=True)
         budget = self.allocator.allocate(scores.margins, self.cfg.budget_for(t), rng)
         before = dict(self.augmenter.stats)
-        new = self._synthesise(t, budget, rng, scorer)
+        new = self._synthesise(t, budget, rng)
         self.synthetic = (self.synthetic + new) if self.cfg.accumulate else new
         copies = np.ones(len(self.base))
         for p in self.synthetic:
             copies[p.meta["base_index"]] += 1
         noisy = np.array([bool(p.meta.get("noise", {}).get("selected")) for p in self.base])
-        report = {"round": t, "warmup": False, "train_pairs": len(self.training_set()),
+        report = {"round": t, "epoch": epoch, "warmup": False, "train_pairs": len(self.training_set()),
                   "synthetic_added": len(new), "synthetic_total": len(self.synthetic),
                   "shortfall": int(budget.sum()) - len(new),
                   **{f"augment_{k}": v - before.get(k, 0) for k, v in self.augmenter.stats.items()},
@@ -131,7 +123,7 @@ class MarsLoop:
                 requests.append(VariantRequest(p.prompt, "prompt", "", "", self.cfg.pool_size))
         return chosen_ids, requests
 
-    def _synthesise(self, t: int, budget: np.ndarray, rng: np.random.Generator, scorer: Scorer) -> list[PreferencePair]:
+    def _synthesise(self, t: int, budget: np.ndarray, rng: np.random.Generator) -> list[PreferencePair]:
         ids, requests = self._requests(budget)
         variants = self.rank0_first(lambda: self.augmenter.augment(requests))
         per = 3 if self.cfg.vary_prompt else 2
@@ -146,19 +138,20 @@ class MarsLoop:
                 cands = [(prompts[rng.integers(len(prompts))], a, b) for a in pos[1:] for b in neg[1:]]
             else:
                 cands = [(p.prompt, a, b) for a in pos for b in neg][1:]  # all but the original pair
+            own = {"margin": p.meta["margin"]} if "margin" in p.meta else {}  # a variant keeps its source's
             candidates.append([PreferencePair(f"{p.id}~t{t}~{j}", x, a, b, p.source,
-                                              {"base_id": p.id, "base_index": i, "round": t})
+                                              {"base_id": p.id, "base_index": i, "round": t, **own})
                                for j, (x, a, b) in enumerate(cands)])
-        chosen = self._select(candidates, [int(budget[i]) for i in ids], rng, scorer)
+        chosen = self._select(candidates, [int(budget[i]) for i in ids], rng)
         return [c for pairs in chosen for c in pairs]
 
-    def _select(self, candidates, wanted, rng, scorer) -> list[list[PreferencePair]]:
+    def _select(self, candidates, wanted, rng) -> list[list[PreferencePair]]:
         """b_i of each pair's candidates: seeded draw, or by the current model (West-of-N)."""
         if self.allocator.select == "random":
             return [[c[j] for j in sorted(rng.choice(len(c), min(b, len(c)), replace=False))]
                     for c, b in zip(candidates, wanted)]
         flat = [c for cs in candidates for c in cs]
-        margins = scorer(flat, False).margins if flat else np.empty(0)
+        margins = self.scorer.pairs(flat).margins if flat else np.empty(0)
         out, start = [], 0
         for cs, b in zip(candidates, wanted):
             # Highest margin first: for best_vs_worst, whose candidates hold both orders of every

@@ -21,7 +21,8 @@ def _save(fig, path: Path) -> Path:
 def accuracy_bars(ax, names: list[str], rows: list[dict], title: str) -> None:
     """Bars of accuracy with their interval (rows: {"mean"|"value", "lo", "hi"})."""
     means = np.array([r.get("mean", r.get("value")) for r in rows])
-    err = np.array([[m - r["lo"] for m, r in zip(means, rows)], [r["hi"] - m for m, r in zip(means, rows)]])
+    # An honest bootstrap interval may exclude the estimate: no negative bar ends.
+    err = np.array([[max(0.0, m - r["lo"]) for m, r in zip(means, rows)], [max(0.0, r["hi"] - m) for m, r in zip(means, rows)]])
     ax.bar(names, means, yerr=err, capsize=4, color="tab:blue", alpha=0.8)
     ax.set(ylabel="held-out accuracy", title=title, ylim=(max(0.0, means.min() - 0.1), min(1.0, means.max() + 0.05)))
     ax.tick_params(axis="x", rotation=30)
@@ -117,3 +118,29 @@ def eval_plots(results: dict[str, dict], scores: dict[str, np.ndarray], rounds: 
                                         if r.get("fisher_bins")}, f"{name}: curvature by |Δ| bin")
         paths.append(_save(fig, out / "rounds.png"))
     return paths
+
+
+def best_of_n_plots(results: dict[str, dict], out: Path) -> list[Path]:
+    """Best-of-N: win-rate of each model's picks with its interval beside random, longest and
+    oracle, and the best-of-k curves (the expected win-rate of the pick among k candidates)."""
+    if not results:
+        return []
+    names = list(results)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    wins = [results[n]["win_rate"] for n in names]
+    err = np.array([[max(0.0, w["value"] - w["lo"]) for w in wins], [max(0.0, w["hi"] - w["value"]) for w in wins]])
+    a1.bar(names, [w["value"] for w in wins], yerr=err, capsize=4, color="tab:blue", alpha=0.8)
+    first = results[names[0]]
+    for key, style in (("random", ":"), ("longest", "--"), ("oracle", "-")):
+        a1.axhline(first[key], color="k", ls=style, lw=1, label=f"{key} {first[key]:.3f}")
+    a1.set(ylabel="judged win-rate vs reference", title="best-of-N picks (bootstrap interval)")
+    a1.legend(fontsize=7), a1.tick_params(axis="x", rotation=30)
+    for name in names:
+        curve = results[name]["curve"]
+        a2.plot([int(k) for k in curve], list(curve.values()), marker="o", ms=3, label=name)
+    oracle = first["oracle_curve"]
+    a2.plot([int(k) for k in oracle], list(oracle.values()), color="k", ls="-", lw=1, label="oracle")
+    a2.axhline(first["random"], color="k", ls=":", lw=1, label="random")
+    a2.set(xlabel="k candidates", ylabel="expected win-rate of the pick", title="best-of-k")
+    a2.legend(fontsize=7)
+    return [_save(fig, out / "best_of_n.png")]

@@ -42,3 +42,14 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+def score(module, pairs, batch_size: int = 16):
+    """(r⁺, r⁻, truncated pairs) of `pairs` through the one scorer, as eval.py scores them."""
+    from mars.data.format import PairFormatter
+    from mars.model.scoring import Scorer
+
+    cfg = module.backbone_cfg
+    formatter = PairFormatter(module.tokenizer, cfg.max_length, cfg.min_prompt_tokens)
+    scores = Scorer(formatter, module.tokenizer.pad_token_id, batch_size, module=module).pairs(pairs)
+    return scores.r_chosen, scores.r_rejected, formatter.truncated

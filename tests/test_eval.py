@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -9,14 +10,15 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from mars.config import BackboneConfig, LossConfig, OptimConfig
-from mars.data.batching import PairCollator
+from mars.config import BackboneConfig, FinetuneConfig, LossConfig, OptimConfig, validate
+from mars.data.batch import Collator
 from mars.data.demo import demo_splits
-from mars.data.encoding import PairEncoder
-from mars.evaluation.pairwise import bootstrap, by_group, load_for_eval, score_pairs
-from mars.export import export_reward_model
+from mars.data.format import PairFormatter, hh_messages
+from mars.evaluation.pairwise import bootstrap, by_group
+from mars.export import CheckpointMismatch, export_reward_model, load_for_eval, load_weights
+from mars.model.metrics import pairwise_metrics
 from mars.model.module import RewardModule
-from tests.conftest import compose_config
+from tests.conftest import compose_config, score
 
 TINY = BackboneConfig(name_or_path="minilm", random_init=True, max_length=64,
                       config_overrides=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -25,14 +27,22 @@ TEXTS = ["\n\nHuman: What is the capital of France?\n\nAssistant: Paris.",
          "\n\nHuman: What is the capital of France?\n\nAssistant: I do not know, sorry about that."]
 
 
+def spread(module: RewardModule) -> RewardModule:
+    """Random init gives nearly constant rewards; make them spread out."""
+    with torch.no_grad():
+        for p in module.model.parameters():
+            if p.ndim == 2:
+                p.mul_(3.0)
+        module.model.head.weight.mul_(30.0)
+    return module
+
+
 @pytest.fixture(scope="module")
 def module():
     torch.manual_seed(0)
-    m = RewardModule(TINY, OptimConfig(), LossConfig())
-    with torch.no_grad():  # random init gives nearly constant rewards; make them spread out
-        m.model.bert.pooler.dense.weight.mul_(30.0)
-        m.head().weight.mul_(30.0)
-    return m.eval()
+    m = RewardModule(TINY, FinetuneConfig(), OptimConfig(), LossConfig())
+    m.configure_model()
+    return spread(m).eval()
 
 
 @pytest.fixture(scope="module")
@@ -53,26 +63,28 @@ def test_export_loads_with_transformers(module, export):
     batch = tok(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         theirs = model(**batch).logits.squeeze(-1)
-        ours = module(batch["input_ids"], batch["attention_mask"])
+        ours, _ = module(batch["input_ids"], batch["attention_mask"])
     assert theirs.shape == (2,) and torch.allclose(theirs, ours, atol=1e-6)
     assert (theirs[0] - theirs[1]).abs() > 1e-4  # the comparison is not between constants
-    assert json.load(open(f"{export}/mars_export.json"))["max_length"] == 64
+    info = json.load(open(f"{export}/mars_export.json"))
+    assert info["max_length"] == 64 and info["kind"] == "encoder" and "apply_chat_template" in info["format"]
+    assert not any(isinstance(v, str) and v.startswith("/") for v in info.values())  # no paths of this machine
 
 
 def forward_one_by_one(module, pairs):
     """Each pair alone, no batching or padding: the reference the batched scorer must match."""
-    enc = PairEncoder(module.tokenizer, module.backbone_cfg.max_length, module.backbone_cfg.min_prompt_tokens)
-    collate = PairCollator(module.tokenizer.pad_token_id)
+    enc = PairFormatter(module.tokenizer, module.backbone_cfg.max_length, module.backbone_cfg.min_prompt_tokens)
+    collate = Collator(module.tokenizer.pad_token_id)
     with torch.no_grad():
         rewards = [module.pair_rewards(collate([e])) for e in enc.encode(pairs)]
     return np.array([float(c) for c, _ in rewards]), np.array([float(r) for _, r in rewards])
 
 
-def test_score_pairs_of_export_equals_original(module, export, pairs):
+def test_scores_of_export_equal_original(module, export, pairs):
     loaded = load_for_eval(export)
     assert loaded.backbone_cfg.max_length == 64
-    rc, rr, truncated = score_pairs(loaded, pairs, batch_size=8)
-    rc0, rr0, truncated0 = score_pairs(module, pairs, batch_size=8)
+    rc, rr, truncated = score(loaded, pairs, batch_size=8)
+    rc0, rr0, truncated0 = score(module, pairs, batch_size=8)
     ref_c, ref_r = forward_one_by_one(module, pairs)
     assert truncated == truncated0
     np.testing.assert_allclose(rc, rc0, atol=1e-5)
@@ -89,9 +101,100 @@ def test_lightning_checkpoint_scores_identically(module, pairs, tmp_path):
     trainer.save_checkpoint(tmp_path / "model.ckpt")
     loaded = load_for_eval(str(tmp_path / "model.ckpt"))
     assert loaded.backbone_cfg == module.backbone_cfg
-    rc, rr, _ = score_pairs(loaded, pairs, batch_size=16)
-    rc0, rr0, _ = score_pairs(module, pairs, batch_size=16)
+    rc, rr, _ = score(loaded, pairs, batch_size=16)
+    rc0, rr0, _ = score(module, pairs, batch_size=16)
     assert np.array_equal(rc, rc0) and np.array_equal(rr, rr0)
+
+
+def test_checkpoint_of_another_model_is_named_not_ignored(module, tmp_path):
+    other = RewardModule(BackboneConfig(**{**vars(TINY), "config_overrides": {**TINY.config_overrides,
+                                                                             "num_hidden_layers": 3}}),
+                         FinetuneConfig(), OptimConfig(), LossConfig())
+    other.configure_model()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.strategy.connect(other)
+    trainer.save_checkpoint(tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointMismatch, match=r"unexpected keys \['model\.net\.bert\.encoder\.layer\.2"):
+        load_weights(module, str(tmp_path / "other.ckpt"))
+
+
+def build(name: str, finetune: str, tmp_path) -> RewardModule:
+    cfg = compose_config("train", [f"backbone={name}", f"finetune={finetune}"], tmp_path)
+    typed = validate(cfg)
+    torch.manual_seed(0)
+    m = RewardModule(typed["backbone"], typed["finetune"], typed["optim"], typed["loss"])
+    m.configure_model()
+    with torch.no_grad():  # trained-looking adapters: LoRA's B starts at zero
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    return spread(m).eval()
+
+
+def rewardbench_path(folder: str, pairs) -> tuple[np.ndarray, np.ndarray]:
+    """How RewardBench scores an export: apply_chat_template([user, assistant], tokenize=False),
+    the tokenizer, the model; nothing of mars."""
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    info = json.load(open(f"{folder}/mars_export.json"))
+    out = []
+    with torch.no_grad():
+        for side in ("chosen", "rejected"):
+            texts = [tok.apply_chat_template(hh_messages(p.prompt) + [{"role": "assistant", "content": getattr(p, side)}],
+                                             tokenize=False) for p in pairs]
+            batch = tok(texts, padding=True, return_tensors="pt", add_special_tokens=info["add_special_tokens"])
+            out.append(model(**batch).logits.squeeze(-1).double().numpy())
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("name,finetune", [("tiny", "full"), ("tiny", "lora"), ("tiny_llama", "full"),
+                                           ("tiny_llama", "lora"), ("tiny_qwen2", "lora")])
+def test_export_scores_as_mars_through_the_rewardbench_path(name, finetune, pairs, tmp_path):
+    module = build(name, finetune, tmp_path)
+    folder = export_reward_model(module, str(tmp_path / "export"))
+    short = pairs[:12]  # pairs that need no truncation
+    rc, rr, truncated = score(module, short)
+    assert truncated == 0
+    theirs_c, theirs_r = rewardbench_path(folder, short)
+    np.testing.assert_allclose(theirs_c, rc, atol=1e-4)
+    np.testing.assert_allclose(theirs_r, rr, atol=1e-4)
+    ours, theirs = pairwise_metrics(torch.tensor(rc), torch.tensor(rr)), pairwise_metrics(
+        torch.tensor(theirs_c), torch.tensor(theirs_r))
+    assert ours["acc"] == theirs["acc"] and np.std(rc - rr) > 1e-3
+    reloaded = score(load_for_eval(folder), short)
+    np.testing.assert_allclose(reloaded[0], rc, atol=1e-4)
+
+
+def test_lora_adapter_folder_rebuilds_the_reward_model(pairs, tmp_path):
+    from peft import PeftModel
+
+    base = tmp_path / "base"
+    plain = build("tiny_llama", "full", tmp_path)
+    plain.model.hf_model().save_pretrained(base)  # a "pretrained" base model the adapter belongs to
+    plain.model.detach_head()
+    plain.tokenizer.save_pretrained(base)
+    cfg = compose_config("train", [f"backbone.name_or_path={base}", "finetune=lora", "backbone=tiny_llama",
+                                   "backbone.model_type=null", "backbone.tokenizer=null"], tmp_path)
+    typed = validate(cfg)
+    module = RewardModule(typed["backbone"], typed["finetune"], typed["optim"], typed["loss"])
+    module.configure_model()
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+        module.model.head.weight.normal_(0, 3.0)
+    module.eval()
+    export_reward_model(module, str(tmp_path / "export"), adapter=True)
+    peft = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base),
+                                     str(tmp_path / "export" / "adapter")).eval()
+    tok = module.tokenizer
+    batch = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours, _ = module(batch["input_ids"], batch["attention_mask"])
+        theirs = peft(**batch).logits.squeeze(-1)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
+    assert (ours[0] - ours[1]).abs() > 1e-3
 
 
 def synthetic(n: int, seed: int = 0):
@@ -99,12 +202,14 @@ def synthetic(n: int, seed: int = 0):
     return g.normal(0.5, 1, n), g.normal(0, 1, n)
 
 
-def test_bootstrap_contains_point_and_narrows():
+def test_bootstrap_is_the_percentile_interval_and_narrows():
     small, large = bootstrap(*synthetic(40), n=200), bootstrap(*synthetic(2000), n=200)
     assert set(small) == {"acc", "ties", "margin_mean", "margin_std", "snr", "auc", "ece", "reward_mean", "reward_std"}
-    for result in (small, large):
-        for k, v in result.items():
-            assert v["lo"] <= v["value"] <= v["hi"], k
+    rc, rr = synthetic(40)
+    rng = np.random.default_rng(0)  # the same resamples, by hand
+    accs = [np.mean(rc[i] > rr[i]) for i in (rng.integers(0, 40, 40) for _ in range(200))]
+    assert small["acc"]["lo"] == pytest.approx(np.percentile(accs, 2.5))
+    assert small["acc"]["hi"] == pytest.approx(np.percentile(accs, 97.5))
     for k in ("acc", "margin_mean", "auc", "snr"):
         assert large[k]["hi"] - large[k]["lo"] < 0.5 * (small[k]["hi"] - small[k]["lo"]), k
     assert small["acc"]["hi"] > small["acc"]["lo"]
@@ -129,12 +234,11 @@ def test_eval_script_end_to_end(export, tmp_path):
     assert written["pairs"] == result["pairs"] == 200
     metrics = written["metrics"]
     assert {"acc", "auc", "ece", "snr", "margin_mean"} <= set(metrics)
-    assert all(m["lo"] <= m["value"] <= m["hi"] for m in metrics.values() if np.isfinite(m["value"]))
     difficulty = written["groups"]["difficulty"]
     assert set(difficulty) == {"easy", "hard"} and sum(g["pairs"] for g in difficulty.values()) == 200
     overall = sum(g["acc"] * g["pairs"] for g in difficulty.values()) / 200
     assert overall == pytest.approx(metrics["acc"]["value"])
-    assert "rewardbench_score" not in written and "section" not in written["groups"]
+    assert "rewardbench" not in written and "section" not in written["groups"]
 
 
 def test_report_side_by_side_with_rounds(export, tmp_path):
@@ -154,7 +258,7 @@ def test_report_side_by_side_with_rounds(export, tmp_path):
     out = tmp_path / "report"
     cfg = compose_config("eval", [f"model=[{run},{export}]", "data=demo", "bootstrap=20", f"output_dir={out}"], tmp_path)
     results = evaluate(cfg)
-    assert list(results) == ["run_a", "export"] or len(results) == 2
+    assert list(results) == ["run_a", Path(export).parent.name]  # in the order given
     report = (out / "report.md").read_text()
     assert "run_a" in report and "Accuracy by difficulty" in report
     for png in ("accuracy_margins.png", "rounds.png"):

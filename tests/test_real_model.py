@@ -8,9 +8,9 @@ import pytest
 
 from mars.config import validate
 from mars.data.splits import load_splits
-from mars.evaluation.pairwise import load_for_eval, score_pairs
+from mars.export import load_for_eval
 from mars.model.module import RewardModule
-from tests.conftest import compose_config, require_data
+from tests.conftest import compose_config, require_data, score
 from train import train
 
 pytestmark = pytest.mark.slow
@@ -25,8 +25,9 @@ def test_minilm_learns_hh_rlhf_and_export_reloads(tmp_path):
     typed = validate(cfg)
     test_pairs = load_splits(typed["data"])["test"]
     L.seed_everything(cfg.seed)
-    untrained = RewardModule(typed["backbone"], typed["optim"], typed["loss"])
-    r_c, r_r, _ = score_pairs(untrained, test_pairs)
+    untrained = RewardModule(typed["backbone"], typed["finetune"], typed["optim"], typed["loss"])
+    untrained.configure_model()
+    r_c, r_r, _ = score(untrained, test_pairs)
     untrained_acc = float(np.mean(r_c > r_r))
 
     metrics, objects = train(cfg)
@@ -36,8 +37,8 @@ def test_minilm_learns_hh_rlhf_and_export_reloads(tmp_path):
     assert metrics["test/acc"] >= untrained_acc + 0.04, (metrics["test/acc"], untrained_acc)
 
     exported = load_for_eval(str(tmp_path / "export"))
-    e_c, e_r, truncated = score_pairs(exported, test_pairs)
-    m_c, m_r, _ = score_pairs(objects["model"], test_pairs)  # the best checkpoint's weights
+    e_c, e_r, truncated = score(exported, test_pairs)
+    m_c, m_r, _ = score(objects["model"], test_pairs)  # the best checkpoint's weights
     np.testing.assert_allclose(e_c, m_c, atol=1e-4)
     np.testing.assert_allclose(e_r, m_r, atol=1e-4)
     assert float(np.mean(e_c > e_r)) == pytest.approx(metrics["test/acc"], abs=1e-6)  # logged as float32

@@ -1,21 +1,79 @@
 """The study: presets compose, a shortened CPU study runs end to end, and the aggregation writes
-tables and plots whose intervals contain their estimates."""
+tables and plots with plain percentile bootstrap intervals."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
+import numpy as np
 import pytest
 
 from mars.config import validate
+from mars.study import load_runs, summarise
 from mars.study import main as study_main
 from tests.conftest import DATA_DIR, compose_config, require_data
 
-pytestmark = pytest.mark.slow
+N_BOOT = 1000
+
+
+def bootstrap_acc(runs: list[dict], n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """Accuracy (mean over seeds) on each resample, computed here without mars's metrics; the
+    resamples are the study's documented ones: one generator, n indices drawn with replacement."""
+    rng = np.random.default_rng(seed)
+    n = len(runs[0]["ids"])
+    draws = [rng.integers(0, n, n) for _ in range(n_boot)]
+    return np.array([np.mean([np.mean(r["r_chosen"][idx] > r["r_rejected"][idx]) for r in runs])
+                     for idx in draws])
+
+
+def fake_run(method: str, margins: np.ndarray, seed: int = 1) -> dict:
+    return {"method": method, "dataset": "d", "seed": seed, "ids": [str(i) for i in range(len(margins))],
+            "r_chosen": margins.astype(float), "r_rejected": np.zeros(len(margins)), "rounds": [], "dir": ""}
+
+
+def test_intervals_are_plain_percentile_bootstrap_intervals():
+    # Four groups of 50 pairs at confidence σ(|margin|) = 0.6, 0.7, 0.8, 0.9 with exactly that share
+    # ranked right (150 of 200 in all): perfectly calibrated, ECE 0, while on a resample the share
+    # per bin moves and ECE > 0. An honest percentile interval of ECE lies above the estimate; one
+    # widened to hold the estimate would start at 0.
+    calibrated = np.concatenate([np.where(np.arange(50) < 50 * c, 1.0, -1.0) * math.log(c / (1 - c))
+                                 for c in (0.6, 0.7, 0.8, 0.9)])
+    def swap_errors(first: int) -> np.ndarray:  # another method: 20 pairs ranked the other way
+        m = calibrated.copy()
+        right, wrong = np.flatnonzero(m > 0)[first:first + 10], np.flatnonzero(m < 0)[first:first + 10]
+        m[right], m[wrong] = -m[right], -m[wrong]
+        return m
+
+    runs = [fake_run("uniform", calibrated), fake_run("mars_abs", swap_errors(0), seed=1),
+            fake_run("mars_abs", swap_errors(20), seed=2)]
+    table = summarise(runs, n_boot=N_BOOT, seed=0)["d"]
+    ece = table["uniform"]["ece"]
+    assert ece["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert ece["lo"] > 0.005 and ece["hi"] < 0.15
+    # Accuracy: the percentiles of the resampled accuracies, exactly, ...
+    for method in ("uniform", "mars_abs"):
+        rs = [r for r in runs if r["method"] == method]
+        lo, hi = np.percentile(bootstrap_acc(rs), [2.5, 97.5])
+        assert table[method]["acc"]["lo"] == pytest.approx(lo) and table[method]["acc"]["hi"] == pytest.approx(hi)
+        assert table[method]["seeds"] == len(rs)
+    # ... which for one seed is about 0.75 ± 1.96·sqrt(0.75·0.25/200) = [0.690, 0.810] ...
+    acc = table["uniform"]["acc"]
+    half = 1.96 * math.sqrt(0.75 * 0.25 / 200)
+    assert acc["lo"] == pytest.approx(0.75 - half, abs=0.012) and acc["hi"] == pytest.approx(0.75 + half, abs=0.012)
+    # ... and the paired difference uses the same resample for both methods.
+    rs = [r for r in runs if r["method"] == "mars_abs"]
+    delta = bootstrap_acc(rs) - bootstrap_acc(runs[:1])
+    diff = table["mars_abs - uniform"]["acc"]
+    assert diff["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert (diff["lo"], diff["hi"]) == pytest.approx(tuple(np.percentile(delta, [2.5, 97.5])))
+    assert diff["hi"] - diff["lo"] < acc["hi"] - acc["lo"]  # pairing removes the shared noise
+
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["paper_hh_rlhf", "paper_ultrafeedback", "paper_pku_saferlhf",
                                     "cpu_study_hh_rlhf", "cpu_study_ultrafeedback", "cpu_study_pku_saferlhf"])
 def test_presets_compose(preset, tmp_path):
@@ -27,9 +85,10 @@ def test_presets_compose(preset, tmp_path):
         assert typed["backbone"].max_length == 512 and cfg.trainer.precision == "bf16-mixed"
         assert cfg.loop.budget * (cfg.trainer.max_epochs - cfg.loop.warmup_epochs) == 5000
     else:
-        assert typed["backbone"].train_layers == 0 and typed["backbone"].name_or_path == "minilm"
+        assert typed["finetune"].name == "head" and typed["backbone"].name_or_path == "minilm"
 
 
+@pytest.mark.slow
 def test_shortened_cpu_study_and_aggregation(tmp_path, monkeypatch):
     require_data()
     monkeypatch.setenv("MARS_DATA_DIR", str(DATA_DIR))
@@ -41,13 +100,21 @@ def test_shortened_cpu_study_and_aggregation(tmp_path, monkeypatch):
     summary = json.loads((out / "results.json").read_text())["hh_rlhf"]
     assert set(summary) == {"none", "uniform", "west_of_n", "mars_abs", "mars_signed",
                             "mars_abs - uniform", "mars_signed - uniform"}
+    runs = load_runs(out)
     for method in ("none", "uniform", "west_of_n", "mars_abs", "mars_signed"):
         assert summary[method]["seeds"] == 2
-        for metric in ("acc", "auc", "ece"):
+        rs = [r for r in runs if r["method"] == method]
+        assert len(rs[0]["ids"]) == 30  # data.test_size
+        acc = np.mean([np.mean(r["r_chosen"] > r["r_rejected"]) for r in rs])
+        lo, hi = np.percentile(bootstrap_acc(rs), [2.5, 97.5])
+        assert summary[method]["acc"] == pytest.approx({"mean": acc, "lo": lo, "hi": hi}), method
+        for metric in ("auc", "ece"):
             row = summary[method][metric]
-            assert row["lo"] <= row["mean"] <= row["hi"], (method, metric, row)
+            assert 0 <= row["lo"] < row["hi"] <= 1, (method, metric, row)
+    rs = {m: [r for r in runs if r["method"] == m] for m in ("mars_abs", "uniform")}
+    delta = bootstrap_acc(rs["mars_abs"]) - bootstrap_acc(rs["uniform"])
     diff = summary["mars_abs - uniform"]["acc"]
-    assert diff["lo"] <= diff["mean"] <= diff["hi"]
+    assert (diff["lo"], diff["hi"]) == pytest.approx(tuple(np.percentile(delta, [2.5, 97.5])))
     table = (out / "results.md").read_text()
     assert "| mars_signed | 2 |" in table and "paired bootstrap" in table
     for name in ("accuracy.png", "margins.png", "budget_vs_margin.png", "curvature.png"):

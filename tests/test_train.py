@@ -22,23 +22,26 @@ def test_training_changes_every_trainable_parameter(tiny_cfg):
         tiny_cfg.loss.center_rewards_coef = 0.01
     typed = validate(tiny_cfg)
     L.seed_everything(tiny_cfg.seed, workers=True)
-    initial = RewardModule(typed["backbone"], typed["optim"], typed["loss"]).state_dict()
+    initial = RewardModule(typed["backbone"], typed["finetune"], typed["optim"], typed["loss"])
+    initial.configure_model()
+    initial = initial.state_dict()
     metrics, objects = train(tiny_cfg)
     trained = objects["model"]
     unchanged = [n for n, p in trained.named_parameters()
                  if p.requires_grad and torch.equal(p.detach(), initial[n])]
     assert not unchanged, f"parameters not updated by training: {unchanged}"
-    assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/snr" in metrics
+    assert "val/snr" in metrics and metrics["train/loss"] < 0.6931  # below log 2: the pairs were learnt
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.25, None])
 def test_backbone_dropout_sets_every_dropout(dropout, tmp_path):
-    from mars.model.backbone import load_reward_model
+    from mars.model.backbone import load_network, load_tokenizer
 
     cfg = compose_config("train", TINY + ["+backbone.config_overrides.hidden_dropout_prob=0.1",
                                           "+backbone.config_overrides.attention_probs_dropout_prob=0.1",
                                           f"backbone.dropout={'null' if dropout is None else dropout}"], tmp_path)
-    model = load_reward_model(validate(cfg)["backbone"], pad_token_id=0)
+    backbone = validate(cfg)["backbone"]
+    model = load_network(backbone, load_tokenizer(backbone))
     rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
     assert rates == ({0.1} if dropout is None else {dropout})  # null keeps the checkpoint's own
 

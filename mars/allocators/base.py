@@ -41,4 +41,10 @@ class Allocator:
     def allocate(self, margins: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
         if not self.spends_budget:
             return np.zeros(len(margins), dtype=np.int64)
-        return largest_remainder(self.probabilities(np.asarray(margins, dtype=np.float64)), budget, rng)
+        margins = np.asarray(margins, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(margins))
+        if len(bad):  # a diverged model: exp(−τ·NaN) would silently hand out a garbage budget
+            raise FloatingPointError(f"{len(bad)} of {len(margins)} margins are not finite (first at base pair "
+                                     f"{bad[0]}: {margins[bad[0]]}): the model diverged; lower optim.lr or check "
+                                     "trainer.precision")
+        return largest_remainder(self.probabilities(margins), budget, rng)

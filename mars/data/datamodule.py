@@ -10,13 +10,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mars.config import BackboneConfig, DataConfig
-from mars.data.batching import PairBatchSampler, PairCollator, RowCollator
-from mars.data.encoding import PairEncoder
+from mars.config import DataConfig
+from mars.data.batch import Collator, PairBatchSampler
+from mars.data.format import PairFormatter
 from mars.data.records import PreferencePair
 from mars.data.splits import load_splits
-from mars.loop import MarsLoop, Scores
-from mars.model.backbone import load_tokenizer
+from mars.loop import MarsLoop
 from mars.round_logging import log_round
 
 log = logging.getLogger(__name__)
@@ -30,10 +29,12 @@ def pairs_digest(pairs: list[PreferencePair]) -> str:
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    def __init__(self, data: DataConfig, backbone: BackboneConfig, loop: MarsLoop, seed: int = 0,
+    def __init__(self, data: DataConfig, formatter: PairFormatter, loop: MarsLoop, seed: int = 0,
                  output_dir: Optional[str] = None):
+        """`formatter`: pairs to token ids (its tokenizer is the model's); `loop`: the MARS round."""
         super().__init__()
-        self.cfg, self.backbone_cfg, self.loop, self.seed = data, backbone, loop, seed
+        self.cfg, self.formatter, self.loop, self.seed = data, formatter, loop, seed
+        self.collator = Collator(formatter.tokenizer.pad_token_id)
         self.output_dir = output_dir
         self.splits: dict[str, list[PreferencePair]] = {}
         self.truncated: dict[str, int] = {}
@@ -44,22 +45,17 @@ class PreferenceDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:
             return
-        tokenizer = load_tokenizer(self.backbone_cfg)
-        self.collator = PairCollator(tokenizer.pad_token_id)
-        self.encoder = PairEncoder(tokenizer, self.backbone_cfg.max_length, self.backbone_cfg.min_prompt_tokens,
-                                   use_chat_template=self.backbone_cfg.chat_template == "auto"
-                                   and bool(getattr(tokenizer, "chat_template", None)))
         self.splits = load_splits(self.cfg)
         self.loop.rank0_first = self._rank0_first
         self.loop.base = self._rank0_first(lambda: self.loop.augmenter.prepare(self.splits["train"]))
         self.encoded = {}
         for name, pairs in (("train", self.loop.base), ("val", self.splits["val"]), ("test", self.splits["test"])):
-            before = self.encoder.truncated
-            self.encoded[name] = self.encoder.encode(pairs)
-            self.truncated[name] = self.encoder.truncated - before
+            before = self.formatter.truncated
+            self.encoded[name] = self.formatter.encode(pairs)
+            self.truncated[name] = self.formatter.truncated - before
         log.info("pairs: train %d, val %d, test %d; truncated to %d tokens (counted, never dropped): %s",
                  len(self.loop.base), len(self.splits["val"]), len(self.splits["test"]),
-                 self.backbone_cfg.max_length, self.truncated)
+                 self.formatter.max_length, self.truncated)
 
     # ---- distributed helpers
     @property
@@ -91,36 +87,13 @@ class PreferenceDataModule(L.LightningDataModule):
         return DataLoader(encoded, batch_sampler=sampler, collate_fn=self.collator,
                           num_workers=self.cfg.num_workers, persistent_workers=False)
 
-    # ---- the one narrow call into the model: margins of any pairs, identical on every rank
-    def score(self, pairs: list[PreferencePair], features: bool = False) -> Scores:
-        """Δ (and ψ = φ⁺ − φ⁻) of every pair. Each distinct sequence is scored once, alone, in
-        length-sorted batches of rows (less padding than batches of pairs), shared across ranks."""
-        row_of: dict[tuple[int, ...], int] = {}
-        sides = np.array([[row_of.setdefault(tuple(ids), len(row_of)) for ids in (e.chosen, e.rejected)]
-                          for e in self.encoder.encode(pairs)], dtype=np.int64).reshape(-1, 2)
-        rows = [(j, list(ids)) for ids, j in row_of.items()]
-        rank, world = self._rank_world
-        sampler = PairBatchSampler([len(ids) for _, ids in rows], 2 * self.cfg.eval_batch_size, shuffle=False,
-                                   rank=rank, world_size=world)
-        loader = DataLoader(rows, batch_sampler=sampler, collate_fn=RowCollator(self.collator.pad_id))
-        index, rewards, feats = self.trainer.lightning_module.score_rows(loader, features)
-        reward_all, feat_all = np.zeros(len(rows)), None
-        for idx, r, f in self._gather((index.numpy(), rewards.numpy(), None if feats is None else feats.numpy())):
-            reward_all[idx] = r
-            if f is not None:
-                feat_all = np.zeros((len(rows), f.shape[1])) if feat_all is None else feat_all
-                feat_all[idx] = f
-        chosen, rejected = sides[:, 0], sides[:, 1]
-        return Scores(reward_all[chosen] - reward_all[rejected],
-                      None if feat_all is None else feat_all[chosen] - feat_all[rejected])
-
     # ---- the per-epoch round
     def train_dataloader(self) -> DataLoader:
         # Built here, not in on_train_epoch_start: Lightning calls this at the start of every epoch
         # (reload_dataloaders_every_n_epochs=1) *before* it sizes the epoch and draws its indices,
         # so the epoch iterates exactly the D^t of its round.
         epoch = self.trainer.current_epoch if self.trainer else 0
-        report = self.loop.build_round(epoch, self.score) if self.trainer else {}
+        report = self.loop.build_round(epoch) if self.trainer else {}
         self.epoch_pairs = self.loop.training_set()
         digests = set(self._gather(pairs_digest(self.epoch_pairs)))
         if len(digests) != 1:
@@ -130,7 +103,7 @@ class PreferenceDataModule(L.LightningDataModule):
             self.last_report = report
             fresh = report.get("round") and not report.get("resumed")
             log_round(self.trainer, report, self.loop.history[-1] if fresh else None, self.output_dir)
-        return self._loader(self.encoder.encode(self.epoch_pairs), self.cfg.batch_size, shuffle=True, epoch=epoch)
+        return self._loader(self.formatter.encode(self.epoch_pairs), self.cfg.batch_size, shuffle=True, epoch=epoch)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.encoded["val"], self.cfg.eval_batch_size, shuffle=False)
@@ -138,23 +111,24 @@ class PreferenceDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.encoded["test"], self.cfg.eval_batch_size, shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
-    def margins_by_id(self, predictions: list[dict], split: str = "test") -> dict[str, float]:
-        """`trainer.predict` output (batches of pair_index, margin) as {pair id: Δ}."""
-        pairs = self.splits[split]
-        return {pairs[i].id: float(m) for batch in predictions
-                for i, m in zip(batch["pair_index"].tolist(), batch["margin"].tolist())}
-
-    def planned_optimizer_steps(self, trainer) -> int:
-        """Steps of the whole run, with D^t growing as planned (the LR schedule's horizon)."""
-        world, accumulate = trainer.world_size, trainer.accumulate_grad_batches
-        batches = [int(np.ceil(self.loop.planned_size(e) / (self.cfg.batch_size * world)))
-                   for e in range(trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1)]
-        if isinstance(trainer.limit_train_batches, int):
-            batches = [min(b, trainer.limit_train_batches) for b in batches]
-        steps = sum(int(np.ceil(b / accumulate)) for b in batches)
+    def planned_optimizer_steps(self) -> Optional[int]:
+        """Optimiser steps of the whole run (the LR schedule's horizon): the sizes of D^t the loop
+        delivered for this and earlier epochs, the planned sizes after, as the trainer limits them."""
+        trainer = self.trainer
+        if trainer is None or not self.loop.base:
+            return None
+        if not trainer.max_epochs or trainer.max_epochs < 0:
+            return trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        delivered = {h["epoch"]: h["train_pairs"] for h in self.loop.history if "epoch" in h}
+        if self.epoch_pairs:
+            delivered[trainer.current_epoch] = len(self.epoch_pairs)
+        limit, world = trainer.limit_train_batches, trainer.world_size
+        steps = 0
+        for epoch in range(trainer.max_epochs):
+            size = delivered.get(epoch, self.loop.planned_size(epoch))
+            batches = min(int(np.ceil(size / (self.cfg.batch_size * world))), size // world)
+            batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+            steps += int(np.ceil(batches / trainer.accumulate_grad_batches))
         return min(steps, trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else steps
 
     # ---- checkpoint entry: D^t and the loop's state

@@ -36,3 +36,28 @@ class PreferencePair:
 
     def prompt_hash(self) -> str:
         return hashlib.blake2b(self.prompt.encode("utf-8"), digest_size=16).hexdigest()
+
+    def prompt_key(self) -> str:
+        """The prompt with whitespace runs collapsed and the ends stripped ("" for no prompt):
+        the key that splits group pairs by, so one prompt never lands in two splits."""
+        return normalise_text(self.prompt)
+
+    def responses_key(self) -> tuple[str, str]:
+        """The two responses, whitespace-normalised, in sorted order: a pair and its twin with
+        chosen and rejected swapped have the same key."""
+        a, b = normalise_text(self.chosen), normalise_text(self.rejected)
+        return (a, b) if a <= b else (b, a)
+
+    def unordered_hash(self) -> str:
+        """Hash of the normalised prompt and the unordered responses: equal for a pair and its
+        label-swapped twin (and for copies that differ only in whitespace)."""
+        h = hashlib.blake2b(digest_size=16)
+        for part in (self.prompt_key(), *self.responses_key()):
+            h.update(part.encode("utf-8", "surrogatepass"))
+            h.update(b"\x00")
+        return h.hexdigest()
+
+
+def normalise_text(text: str) -> str:
+    """`text` with every run of whitespace collapsed to one space and the ends stripped."""
+    return " ".join(text.split())

