@@ -11,3 +11,13 @@ class CrashAtEpoch(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
             raise RuntimeError(f"simulated crash at epoch {self.epoch}")
+
+
+class RecordLR(L.Callback):
+    """The learning rate of every optimiser step, and the planned horizon, for schedule tests."""
+
+    def __init__(self):
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])

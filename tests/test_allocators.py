@@ -120,3 +120,10 @@ def test_west_of_n_default_and_invalid():
     assert MarsAllocator().select == UniformAllocator().select == "random"
     with pytest.raises(ValueError, match="mode"):
         WestOfNAllocator("best")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_margins_stop_the_allocator(bad):
+    margins = np.array([0.1, bad, -0.3])
+    with pytest.raises(FloatingPointError, match="1 of 3 margins are not finite .*base pair 1"):
+        MarsAllocator(0.5).allocate(margins, 10, np.random.default_rng(0))
