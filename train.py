@@ -1,18 +1,21 @@
 """Train a reward model: `python train.py [group=choice ...] [key=value ...]`.
 
 Compose the config → seed → instantiate data (with the MARS loop), model, callbacks, loggers and
-trainer → fit → test the best checkpoint → export it as a `from_pretrained` folder.
+trainer → fit → test the best checkpoint → export it as a `from_pretrained` folder → summary.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
+import warnings
 
 import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from mars.callbacks import FitGuard, RunSummary
 from mars.config import validate
 from mars.data.datamodule import PreferenceDataModule
 from mars.data.format import PairFormatter
@@ -21,22 +24,38 @@ from mars.loop import MarsLoop
 from mars.model.backbone import load_tokenizer
 from mars.model.module import RewardModule
 from mars.model.scoring import Scorer
-from mars.utils import instantiate_group, loggable_config, resolve_ckpt_path
+from mars.utils import (close_loggers, config_digest, instantiate_group, loggable_config, next_commands,
+                        quiet_known_noise, resolve_ckpt_path)
 
 log = logging.getLogger("mars.train")
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
-    """Fit, test and export as configured; returns the final metrics and the objects built."""
+    """Fit, test and export as configured; returns the final metrics and the objects built.
+    Every logger is closed, on failure too (a failed W&B run is finished with exit code 1)."""
+    quiet_known_noise()
+    loggers = instantiate_group(cfg.get("logger"))
+    try:
+        result = run(cfg, loggers)
+    except BaseException:
+        close_loggers(loggers, failed=True)
+        raise
+    close_loggers(loggers, failed=False)
+    return result
+
+
+def run(cfg: DictConfig, loggers: list) -> tuple[dict[str, float], dict]:
+    """`train` with its loggers built."""
     typed = validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     backbone, data = typed["backbone"], typed["data"]
     tokenizer = load_tokenizer(backbone)  # one tokenizer for the data and the model
     formatter = PairFormatter(tokenizer, backbone.max_length, backbone.min_prompt_tokens)
-    loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
-                                                 logger=loggers or False)
-    scorer = Scorer(formatter, tokenizer.pad_token_id, data.eval_batch_size, trainer=trainer)
+    digest, summary = config_digest(cfg), RunSummary()
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=instantiate_group(
+        cfg.get("callbacks")) + [FitGuard(digest), summary])
+    scorer = Scorer(formatter, tokenizer.pad_token_id, data.eval_batch_size, trainer=trainer,
+                    packing=data.packing, max_tokens=data.max_tokens_per_batch)
     loop = MarsLoop(typed["loop"], hydra.utils.instantiate(cfg.allocator), hydra.utils.instantiate(cfg.augmenter),
                     scorer, seed=cfg.seed)
     datamodule = PreferenceDataModule(data, formatter, loop, cfg.seed, cfg.paths.output_dir)
@@ -46,16 +65,20 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     for logger in loggers:
         logger.log_hyperparams(loggable_config(cfg))
 
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, digest)
     if ckpt_path and trainer.checkpoint_callback:
-        # Keep checkpointing where the resumed run did, so its best/last tracking carries on.
-        trainer.checkpoint_callback.dirpath = os.path.dirname(os.path.abspath(ckpt_path))
+        # Keep checkpointing where the resumed run did, so its best/last tracking carries on (and
+        # Lightning's warning that this folder is not empty is what resuming means).
+        folder = trainer.checkpoint_callback.dirpath = os.path.dirname(os.path.abspath(ckpt_path))
+        warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(folder)} exists and is not empty")
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)  # our own checkpoints
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""  # before test restores
     if cfg.get("test"):
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False,
+                     verbose=False)  # the summary below has the test metrics that matter
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         pairs = datamodule.splits["test"]
         scores = scorer.pairs(pairs)  # per-pair rewards: paired comparisons and bootstrap across runs
@@ -66,18 +89,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     if cfg.get("export") and trainer.is_global_zero:
         if best:
             load_weights(model, best)
-        out = export_reward_model(model, os.path.join(cfg.paths.output_dir, "export"),
-                                  {"checkpoint": os.path.relpath(best, cfg.paths.output_dir) if best else None,
-                                   "metrics": metrics, "truncated": datamodule.truncated},
-                                  adapter=typed["finetune"].export_adapter)
-        log.info("exported the best model to %s", out)
+        export_reward_model(model, os.path.join(cfg.paths.output_dir, "export"),
+                            {"checkpoint": os.path.relpath(best, cfg.paths.output_dir) if best else None,
+                             "metrics": metrics, "truncated": datamodule.truncated},
+                            adapter=typed["finetune"].export_adapter)
     if trainer.is_global_zero:
         with open(os.path.join(cfg.paths.output_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
-        log.info("final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":  # each job of a multirun gets its own W&B run
-            logger.experiment.finish()
+        out = cfg.paths.output_dir
+        outputs = {"checkpoint": best, "last": last, "export": os.path.join(out, "export") if cfg.get("export") else "",
+                   "round plots": os.path.join(out, "rounds") if os.path.isdir(os.path.join(out, "rounds")) else "",
+                   "metrics": os.path.join(out, "metrics.json")}
+        log.info(summary.text(out, metrics, loop.history, loop.cfg.warmup_epochs, outputs,
+                              next_commands(cfg, outputs["export"] or best, trainer.max_epochs)))
     return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 

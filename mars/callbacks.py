@@ -1,10 +1,19 @@
-"""Callbacks of mars's own (Lightning's stock ones are configured in conf/callbacks/)."""
+"""Callbacks of mars's own (Lightning's stock ones are configured in conf/callbacks/).
+
+`FitGuard` and `RunSummary` are part of every fit (train.py adds them); `PairAudit` is configured.
+"""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 
 import lightning as L
+
+from mars.utils import DIGEST_KEY
+
+log = logging.getLogger("mars.train")
 
 
 class PairAudit(L.Callback):
@@ -30,3 +39,146 @@ class PairAudit(L.Callback):
         path = os.path.join(self.dirpath, f"epoch{trainer.current_epoch}_rank{trainer.global_rank}.json")
         with open(path, "w") as f:
             json.dump({"train_set": [p.id for p in trainer.datamodule.epoch_pairs], "seen": self.seen}, f)
+
+
+def check_synthetic_sources(base: list, synthetic: list) -> None:
+    """Every synthetic pair's `base_id` is a base pair of this run, at its `base_index`."""
+    index = {p.id: i for i, p in enumerate(base)}
+    stray = [p for p in synthetic if index.get(p.meta.get("base_id"), -1) != p.meta.get("base_index")]
+    if stray:
+        raise ValueError(f"the D^t restored from the checkpoint has {len(stray)} of {len(synthetic)} synthetic pairs "
+                         f"whose base pair is not this run's (e.g. {stray[0].id}, base_id "
+                         f"{stray[0].meta.get('base_id')!r}): it was built on other data; resume a checkpoint of "
+                         "this data and loop configuration, or start afresh without ckpt_path")
+
+
+class FitGuard(L.Callback):
+    """What a fit must not get wrong, whatever the callbacks config:
+
+    - every checkpoint carries the run's config digest (mars.utils.config_digest), which
+      `ckpt_path=last` matches (mars.utils.resolve_ckpt_path);
+    - a D^t restored from a checkpoint grows from this run's base pairs;
+    - training starts with every module in train mode.
+    """
+
+    def __init__(self, digest: str):
+        self.digest = digest
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[DIGEST_KEY] = self.digest
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # from_pretrained builds in eval mode; RewardModule trains every module (its
+        # on_train_epoch_start), so Lightning's "modules in eval mode" check before it would be false.
+        pl_module.train()
+        loop = getattr(trainer.datamodule, "loop", None)  # restored from the checkpoint by now
+        if loop is not None:
+            check_synthetic_sources(loop.base, loop.synthetic)
+
+
+class LoadReport(logging.Filter):
+    """Takes transformers' weight-loading table (a WARNING whenever a head starts fresh) off the
+    log and keeps its MISSING and UNEXPECTED keys; a table with any other status passes."""
+
+    LOGGER = "transformers.modeling_utils"
+    ROW = re.compile(r"^\s*(\S+)\s*\|\s*([A-Z]+)\s*\|")
+
+    def __init__(self):
+        super().__init__()
+        self.keys: dict[str, list[str]] = {"MISSING": [], "UNEXPECTED": []}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(record.msg))
+        if "LOAD REPORT" not in text:
+            return True
+        rows = [m.groups() for m in map(self.ROW.match, text.splitlines()) if m and m.group(1) != "Key"]
+        if any(status not in self.keys for _, status in rows):
+            return True  # mismatched shapes, conversions: transformers' own words
+        for key, status in rows:
+            self.keys[status].append(key)
+        return False
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,}"
+
+
+class RunSummary(L.Callback):
+    """What a user reads about a run, in mars's words: the reward model in one line at fit start
+    (in place of Lightning's layer table and transformers' weight-loading table), and at the end
+    (`text`) the validation accuracy per epoch (kept in the checkpoint: a resumed run's summary
+    covers every epoch), each round, the test metrics that matter and where the outputs are."""
+
+    def __init__(self):
+        self.val_acc: dict[int, float] = {}
+        self.loading = LoadReport()
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":  # configure_model, right after this hook, loads the weights
+            logging.getLogger(LoadReport.LOGGER).addFilter(self.loading)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        logging.getLogger(LoadReport.LOGGER).removeFilter(self.loading)
+        if trainer.is_global_zero:
+            self.log_model(pl_module)
+
+    def log_model(self, module) -> None:
+        cfg, model = module.backbone_cfg, module.model
+        total = sum(p.numel() for p in module.parameters())
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        missing, unused = self.loading.keys["MISSING"], self.loading.keys["UNEXPECTED"]
+        head = getattr(model, "head_path", "")
+        if cfg.random_init or cfg.model_type:
+            weights = "random weights (backbone.random_init)"
+        elif missing:
+            weights = "head initialised fresh"
+        else:
+            weights = "head loaded from the checkpoint"
+        if unused:
+            weights += f"; {len(unused)} checkpoint weights unused ({', '.join(unused[:3])})"
+        name = os.path.basename(cfg.name_or_path.rstrip("/")) if os.path.isabs(cfg.name_or_path) else cfg.name_or_path
+        log.info("reward model: %s (%s, %s), %s parameters, %s trainable (finetune=%s); %s", name,
+                 type(getattr(model, "net", model)).__name__, "decoder" if model.decoder else "encoder",
+                 _count(total), _count(trainable), module.finetune_cfg.name, weights)
+        trunk = [k for k in missing if not (head and k.startswith(head + "."))]
+        if trunk:
+            log.warning("%d weights of the backbone are not in %s and start random (%s): check backbone.name_or_path",
+                        len(trunk), cfg.name_or_path, ", ".join(trunk[:5]))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        acc = trainer.callback_metrics.get("val/acc")
+        if acc is not None and not trainer.sanity_checking:
+            self.val_acc[trainer.current_epoch] = float(acc)
+
+    def state_dict(self) -> dict:
+        return {"val_acc": dict(self.val_acc)}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Testing the best checkpoint restores its (earlier) state too: add epochs, never drop later ones.
+        for epoch, acc in state.get("val_acc", {}).items():
+            self.val_acc.setdefault(int(epoch), acc)
+
+    def text(self, run_dir: str, metrics: dict[str, float], rounds: list[dict], warmup_epochs: int,
+             outputs: dict[str, str], commands: list[str]) -> str:
+        """The end-of-run summary: a few lines, top to bottom."""
+        here = lambda path: os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path  # noqa: E731
+        best = max(self.val_acc, key=lambda e: (self.val_acc[e], -e), default=None)  # the first best
+        epochs = ", ".join(f"{e}: {a:.3f}" + (" (warm-up)" if rounds and e < warmup_epochs else "")
+                           + (" best" if e == best else "") for e, a in sorted(self.val_acc.items()))
+        lines = [f"run summary ({here(run_dir)})", f"  validation accuracy by epoch: {epochs or 'none'}"]
+        for r in rounds:
+            deciles = r["budget_by_abs_margin_decile"]
+            lines.append(f"  round {r['round']}: |D^t| = {r['train_pairs']}, +{r['synthetic_added']} synthetic pairs "
+                         f"({r.get('budget_allocated', r['synthetic_added'])} allocated) on "
+                         f"{r['budget_pairs_touched']} base pairs: {deciles[0]:.0%} on the smallest-|Δ| tenth, "
+                         f"{deciles[-1]:.0%} on the largest, {r['budget_misranked_fraction']:.0%} on mis-ranked pairs")
+        if not rounds:
+            lines.append("  rounds: none (no augmentation budget: every epoch trained on D₀)")
+        test = [f"{name} {metrics[f'test/{key}']:.3f}" for key, name in
+                (("acc", "accuracy"), ("snr", "SNR"), ("auc", "AUC"), ("ece", "ECE")) if f"test/{key}" in metrics]
+        if test:
+            lines.append(f"  test (best checkpoint): {', '.join(test)}")
+        width = max(map(len, outputs), default=0)
+        lines += [f"  {name + ':':<{width + 1}} {here(path)}" for name, path in outputs.items() if path]
+        lines += [f"  {'next:' if i == 0 else '     '} {c}" for i, c in enumerate(commands)]
+        return "\n".join(lines)

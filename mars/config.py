@@ -63,6 +63,11 @@ class DataConfig:
     # docs/benchmarks.md); a GPU wants more (the paper presets use 64).
     eval_batch_size: int = 16
     length_grouping: bool = True  # batch pairs of similar length: less padding
+    # Padding-free batches: every sequence of a batch in one row, attention within each sequence,
+    # batches filled up to `max_tokens_per_batch` tokens (both sides of a pair stay together)
+    # instead of `batch_size` pairs; the prediction pass and eval.py pack the same way.
+    packing: bool = False
+    max_tokens_per_batch: int = 4096
     num_workers: int = 0
     limit: Optional[int] = None  # best-of-N sets: the first K prompts only (smoke runs)
 

@@ -44,7 +44,7 @@ class MarsLoop:
     base: list[PreferencePair] = field(default_factory=list)
     synthetic: list[PreferencePair] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)  # one report per round
-    rank0_first: Callable[[Callable], object] = lambda fn: fn()  # DDP: rank 0 fills the cache first
+    on_rank0: Callable[[Callable], object] = lambda fn: fn()  # distributed: rank 0 generates, all receive
 
     def __post_init__(self) -> None:
         from mars.augmenters.none import NoAugmenter
@@ -88,25 +88,30 @@ class MarsLoop:
         before = dict(self.augmenter.stats)
         new = self._synthesise(t, budget, rng)
         self.synthetic = (self.synthetic + new) if self.cfg.accumulate else new
+        # What was added per pair (the augmenter may deliver fewer variants than b_i): the report
+        # says where the round's pairs went; the intended allocation stays beside it.
+        added = np.bincount([p.meta["base_index"] for p in new], minlength=len(self.base))
         copies = np.ones(len(self.base))
         for p in self.synthetic:
             copies[p.meta["base_index"]] += 1
         noisy = np.array([bool(p.meta.get("noise", {}).get("selected")) for p in self.base])
         report = {"round": t, "epoch": epoch, "warmup": False, "train_pairs": len(self.training_set()),
                   "synthetic_added": len(new), "synthetic_total": len(self.synthetic),
-                  "shortfall": int(budget.sum()) - len(new),
+                  "budget_allocated": int(budget.sum()), "shortfall": int(budget.sum()) - len(new),
+                  "shortfall_pairs": int((added < budget).sum()),
                   **{f"augment_{k}": v - before.get(k, 0) for k, v in self.augmenter.stats.items()},
-                  **round_report(scores.margins, budget, copies, scores.features,
+                  **round_report(scores.margins, added, copies, scores.features,
                                  self.cfg.fisher_bins, self.cfg.fisher_dim)}
         if noisy.any():  # data with known flipped labels (robustness studies): where the budget went
-            report["budget_on_flipped_fraction"] = float(budget[noisy].sum() / max(1, budget.sum()))
+            report["budget_on_flipped_fraction"] = float(added[noisy].sum() / max(1, added.sum()))
             report["flipped_fraction"] = float(noisy.mean())
             # How well the margins single out flipped pairs: a model that learnt the true preference
             # mis-ranks flipped pairs (by their recorded label) and few clean ones.
             misranked = scores.margins < 0
             report["misranked_among_flipped"] = float(misranked[noisy].mean())
             report["misranked_among_clean"] = float(misranked[~noisy].mean()) if (~noisy).any() else float("nan")
-        self.history.append({**report, "allocation": budget.tolist(), "margins": scores.margins.tolist()})
+        self.history.append({**report, "allocation": budget.tolist(), "added": added.tolist(),
+                             "margins": scores.margins.tolist()})
         return report
 
     def _requests(self, budget: np.ndarray) -> tuple[list[int], list[VariantRequest]]:
@@ -125,7 +130,7 @@ class MarsLoop:
 
     def _synthesise(self, t: int, budget: np.ndarray, rng: np.random.Generator) -> list[PreferencePair]:
         ids, requests = self._requests(budget)
-        variants = self.rank0_first(lambda: self.augmenter.augment(requests))
+        variants = self.on_rank0(lambda: self.augmenter.augment(requests))
         per = 3 if self.cfg.vary_prompt else 2
         candidates: list[list[PreferencePair]] = []
         for k, i in enumerate(ids):

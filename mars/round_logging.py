@@ -11,16 +11,24 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def allocation_figure(margins: np.ndarray, allocation: np.ndarray, title: str):
-    """Budget against base margin (left) and the base margins' histogram (right)."""
+def allocation_figure(margins: np.ndarray, allocation: np.ndarray, title: str, added: Optional[np.ndarray] = None):
+    """Synthetic pairs added against base margin, with the allocation b_i where the augmenter fell
+    short of it (left); the base margins' histogram (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    added = allocation if added is None else added
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.scatter(margins, allocation, s=8, alpha=0.6)
-    ax1.set(xlabel="base margin Δ", ylabel="synthetic pairs b_i", title=f"{title}: allocation")
+    short = added < allocation
+    if short.any():
+        ax1.scatter(margins[short], allocation[short], s=14, facecolors="none", edgecolors="tab:red",
+                    label="allocated b_i (short)")
+    ax1.scatter(margins, added, s=8, alpha=0.6, label="added")
+    if short.any():
+        ax1.legend(fontsize=8)
+    ax1.set(xlabel="base margin Δ", ylabel="synthetic pairs", title=f"{title}: allocation")
     ax2.hist(margins, bins=40, color="tab:gray")
     ax2.axvline(0, color="tab:red", lw=1)
     ax2.set(xlabel="base margin Δ", ylabel="pairs", title=f"{title}: margins")
@@ -53,30 +61,40 @@ def log_round(trainer, report: dict, detail: Optional[dict], output_dir: Optiona
         log.info("round %d: restored from the checkpoint (|D^t|=%d)", t, report["train_pairs"])
         return
     elif t:
-        log.info("round %d: |D^t|=%d (+%d synthetic, shortfall %d), budget on lowest/highest |Δ| decile "
+        log.info("round %d: |D^t|=%d (+%d synthetic of %d allocated), added on lowest/highest |Δ| decile "
                  "%.3f/%.3f, mis-ranked %.3f, curvature ratio %.3f", t, report["train_pairs"],
-                 report["synthetic_added"], report["shortfall"], report["budget_by_abs_margin_decile"][0],
+                 report["synthetic_added"], report["budget_allocated"], report["budget_by_abs_margin_decile"][0],
                  report["budget_by_abs_margin_decile"][-1], report["budget_misranked_fraction"],
                  report["curvature_ratio"])
+        if report["shortfall"]:
+            log.warning("round %d: the augmenter delivered %d of the %d synthetic pairs allocated (shortfall %d, on "
+                        "%d pairs; %d failed requests): too few distinct variants of short texts, or a failing "
+                        "endpoint. D^t is smaller than planned; to close the gap, use an augmenter that yields "
+                        "more variants or lower loop.budget", t, report["synthetic_added"],
+                        report["budget_allocated"], report["shortfall"], report["shortfall_pairs"],
+                        report.get("augment_failures", 0))
     metrics = scalars(report)
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
     if not detail:
         return
     margins, allocation = np.asarray(detail["margins"]), np.asarray(detail["allocation"])
-    fig = allocation_figure(margins, allocation, f"round {t}")
+    added = np.asarray(detail.get("added", detail["allocation"]))
+    fig = allocation_figure(margins, allocation, f"round {t}", added)
     if output_dir:
         folder = os.path.join(output_dir, "rounds")
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, f"round_{t:02d}.json"), "w") as f:
-            json.dump({**report, "allocation": detail["allocation"], "margins": detail["margins"]}, f)
+            json.dump({**report, "allocation": detail["allocation"], "added": added.tolist(),
+                       "margins": detail["margins"]}, f)
         fig.savefig(os.path.join(folder, f"round_{t:02d}.png"), dpi=100)
     for logger in trainer.loggers:
         kind = type(logger).__name__
         if kind == "WandbLogger":
             import wandb
 
-            table = wandb.Table(columns=["margin", "allocation"], data=np.c_[margins, allocation].tolist())
+            table = wandb.Table(columns=["margin", "allocation", "added"],
+                                data=np.c_[margins, allocation, added].tolist())
             logger.experiment.log({"round/margin_hist": wandb.Histogram(margins),
                                    "round/allocation_plot": wandb.Image(fig),
                                    "round/allocation_table": table, "trainer/global_step": trainer.global_step})

@@ -125,6 +125,7 @@ class Augmenter:
 
         todo = list(misses.items())
         start = last_log = time.monotonic()
+        tokens_before = self._stats["tokens"]
         for b in range(0, len(todo), self.commit_every):
             chunk = todo[b:b + self.commit_every]
             batch = [replace(requests[idx[0]], n=max(requests[i].n for i in idx))
@@ -138,8 +139,11 @@ class Augmenter:
                     out[i] = vs[:requests[i].n]
             done, now = b + len(chunk), time.monotonic()
             if now - last_log >= self.log_every or done == len(todo):
-                log.info("%s: generated for %d/%d texts (%.2f texts/s); %d variants from the cache",
-                         type(self).__name__, done, len(todo), done / max(now - start, 1e-9), hits)
+                elapsed = max(now - start, 1e-9)
+                tokens = self._stats["tokens"] - tokens_before  # counted by model-based members
+                log.info("%s: generated for %d/%d texts (%.2f texts/s%s); %d variants from the "
+                         "cache", type(self).__name__, done, len(todo), done / elapsed,
+                         f", {tokens / elapsed:.1f} tokens/s" if tokens else "", hits)
                 last_log = now
         self._stats["shortfall"] += sum(max(r.n, 0) - len(o) for r, o in zip(requests, out))
         return out

@@ -3,12 +3,14 @@
 The endpoint is any server with ``POST {base_url}/chat/completions`` (vLLM, Ollama, llama.cpp, a
 hosted API). The key is read from the environment variable named by `api_key_env` when a batch
 starts; it is never stored on the object, logged or part of `identity()`.
+`backend: local` generates with a transformers causal LM (`model`: a folder, a Hub name, or
+"smollm2", the embedded SmolLM2-135M-Instruct), `batch_size` prompts per `generate` call.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
-import string
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping, NamedTuple, Optional, Sequence, Union
@@ -16,8 +18,9 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Union
 import httpx
 import torch
 
-from mars.augmenters.base import (Augmenter, VariantRequest, distinct_variants, resolve_device,
-                                  stable_seed)
+from mars.augmenters.base import (Augmenter, VariantRequest, _digest, distinct_variants,
+                                  resolve_device, stable_seed)
+from mars.augmenters.quality import REFUSALS, Candidate, QualityGate, instruction_of, is_refusal
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +58,15 @@ request only.
 
 {text}"""
 
-# Openings of a refusal; a text that itself opens this way (a safe chosen response) may keep one.
-REFUSALS = ("i can't", "i cannot", "i can not", "i'm sorry", "i am sorry", "sorry, but",
-            "as an ai", "i'm unable", "i am unable", "i won't", "i will not")
+__all__ = ["LLMRewriteAugmenter", "REFUSALS", "CHOSEN_TEMPLATE", "REJECTED_TEMPLATE",
+           "PROMPT_TEMPLATE"]
 
 
 class _Outcome(NamedTuple):
     text: Optional[str]
-    failure: Optional[str]  # error | empty | copy | refusal | echo | too_long
+    failure: Optional[str]  # error | truncated (the rules are the gate's, mars/augmenters/quality.py)
     retries: int = 0
+    tokens: int = 0  # generated tokens, where known
 
 
 def _retry_after(response: httpx.Response) -> float:
@@ -73,27 +76,31 @@ def _retry_after(response: httpx.Response) -> float:
         return 0.0
 
 
-def _is_refusal(text: str) -> bool:
-    return text.strip().lower().startswith(REFUSALS)
-
-
 class LLMRewriteAugmenter(Augmenter):
-    """Each variant is one chat completion of the role's template, seeded by (seed, variant index).
+    """Each variant is one chat completion of the role's template.
 
     Templates are ``str.format`` strings with fields ``{text}``, ``{prompt}`` and ``{other}``
     (``None``: the built-in one). `temperature` is a number or a mapping role → number.
-    Answers that are empty, a copy, a refusal, an echo of the context or the instruction, or longer
-    than `max_length_ratio` × the input are dropped and counted (`failures_<reason>`). HTTP 429
-    (honouring Retry-After), 5xx, timeouts, connection errors and malformed answers are retried
-    with exponential backoff; a request that still fails is a shortfall, retried on the next call.
-    `backend: local` runs the same chat through a transformers causal LM (`model` is its path).
+    Every answer goes through the quality gate (mars/augmenters/quality.py): empty, a copy, a
+    refusal, an echo of the context or the instruction, longer than `max_length_ratio` × the
+    input, cut off at the token limit, or (with `min_similarity` > 0) less similar to the input
+    than `min_similarity` by `similarity_model` embeddings: dropped and counted
+    (`failures_<reason>`). HTTP 429 (honouring Retry-After), 5xx, timeouts, connection errors and
+    malformed answers are retried with exponential backoff; a request that still fails is a
+    shortfall, retried on the next call. Over HTTP each variant is seeded by (seed, its index).
+
+    `backend: local` runs the same chat through a transformers causal LM: prompts sorted by length,
+    `batch_size` per left-padded `generate` call, each batch seeded by (seed, its requests and
+    variant indices), so a rerun of the same requests samples the same variants. A batch stops at
+    `max_tokens` new tokens, or earlier at `max_length_ratio` × its longest input's tokens (an
+    answer that long would be rejected as too long anyway).
     """
 
     uses_context = True
     retry_shortfall = True
     _identity_fields = ("backend", "model", "temperature", "max_tokens", "system_prompt",
                         "chosen_template", "rejected_template", "prompt_template",
-                        "max_length_ratio", "seed")
+                        "max_length_ratio", "min_similarity", "similarity_model", "seed")
 
     def __init__(self, model: str, base_url: str = "http://localhost:8000/v1",
                  api_key_env: str = "OPENAI_API_KEY", backend: str = "http",
@@ -101,8 +108,9 @@ class LLMRewriteAugmenter(Augmenter):
                  system_prompt: Optional[str] = None, chosen_template: Optional[str] = None,
                  rejected_template: Optional[str] = None, prompt_template: Optional[str] = None,
                  max_length_ratio: float = 3.0, max_concurrency: int = 8, timeout: float = 120.0,
-                 max_retries: int = 5, backoff: float = 1.0, device: str = "auto",
-                 cache_path: Optional[str] = None, seed: int = 0):
+                 max_retries: int = 5, backoff: float = 1.0, batch_size: int = 16,
+                 min_similarity: float = 0.0, similarity_model: str = "minilm",
+                 device: str = "auto", cache_path: Optional[str] = None, seed: int = 0):
         super().__init__(cache_path, seed)
         if backend not in ("http", "local"):
             raise ValueError(f"llm_rewrite backend={backend!r} is not one of ['http', 'local']")
@@ -122,65 +130,51 @@ class LLMRewriteAugmenter(Augmenter):
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
+        self.batch_size = batch_size
+        self.min_similarity = min_similarity
+        self.similarity_model = similarity_model
         self.device = resolve_device(device)
+        self.gate = QualityGate(min_similarity, max_length_ratio, similarity_model, self.device)
         self._local_model = None
 
     def _generate(self, requests: Sequence[VariantRequest]) -> list[list[str]]:
         jobs = [(req, i) for req in requests for i in range(req.n)]
         if self.backend == "local":
-            outcomes = [self._rewrite(None, req, i) for req, i in jobs]
+            outcomes = self._generate_local(jobs)
         else:
             key = os.environ.get(self.api_key_env, "")
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             with (httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout)
                   as client, ThreadPoolExecutor(self.max_concurrency) as pool):
-                outcomes = list(pool.map(lambda job: self._rewrite(client, *job), jobs))
+                outcomes = list(pool.map(lambda job: self._chat_http(
+                    client, self._messages(job[0]), self._temperature(job[0]),
+                    stable_seed(self.seed, job[1])), jobs))
+        candidates = [Candidate(req, o.text, o.failure, instruction_of(self._template(req)))
+                      for (req, _), o in zip(jobs, outcomes)]
+        verdicts = self.gate.judge(candidates, self._stats)
+        self._stats["retries"] += sum(o.retries for o in outcomes)
+        self._stats["tokens"] += sum(o.tokens for o in outcomes)
         out, k = [], 0
         for req in requests:
-            texts = []
-            for outcome in outcomes[k:k + req.n]:
-                self._stats["retries"] += outcome.retries
-                if outcome.failure:
-                    self._stats["failures"] += 1
-                    self._stats[f"failures_{outcome.failure}"] += 1
-                else:
-                    texts.append(outcome.text)
+            texts = [v.text for v in verdicts[k:k + req.n] if v.reason is None]
             out.append(distinct_variants(req.text, texts))
+            self._stats["duplicates"] += len(texts) - len(out[-1])
             k += req.n
         return out
 
-    def _rewrite(self, client: Optional[httpx.Client], req: VariantRequest, index: int) -> _Outcome:
-        template = getattr(self, f"{req.role}_template")
-        messages = [{"role": "user",
-                     "content": template.format(text=req.text, prompt=req.prompt, other=req.other)}]
+    def _template(self, req: VariantRequest) -> str:
+        return getattr(self, f"{req.role}_template")
+
+    def _temperature(self, req: VariantRequest) -> float:
+        return (self.temperature[req.role] if isinstance(self.temperature, dict)
+                else self.temperature)
+
+    def _messages(self, req: VariantRequest) -> list[dict]:
+        content = self._template(req).format(text=req.text, prompt=req.prompt, other=req.other)
+        messages = [{"role": "user", "content": content}]
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        temperature = (self.temperature[req.role] if isinstance(self.temperature, dict)
-                       else self.temperature)
-        seed = stable_seed(self.seed, index)
-        if client is None:
-            outcome = _Outcome(self._chat_local(messages, temperature, seed), None)
-        else:
-            outcome = self._chat_http(client, messages, temperature, seed)
-        if outcome.failure:
-            return outcome
-        return outcome._replace(failure=self._invalid(outcome.text, req, template))
-
-    def _invalid(self, text: str, req: VariantRequest, template: str) -> Optional[str]:
-        """Why an answer is not a usable variant of `req.text`, or None."""
-        text = text.strip()
-        instruction = next(string.Formatter().parse(template))[0].strip().split("\n")[0]
-        if not text:
-            return "empty"
-        if text == req.text.strip():
-            return "copy"
-        if _is_refusal(text) and not _is_refusal(req.text):
-            return "refusal"
-        if text in (req.prompt.strip(), req.other.strip()) or (instruction and instruction in text):
-            return "echo"
-        if len(text) > self.max_length_ratio * len(req.text):
-            return "too_long"
-        return None
+        return messages
 
     def _chat_http(self, client: httpx.Client, messages: list[dict], temperature: float,
                    seed: int) -> _Outcome:
@@ -206,9 +200,13 @@ class LLMRewriteAugmenter(Augmenter):
                     return _Outcome(None, "error", attempt)
                 else:
                     try:
-                        content = response.json()["choices"][0]["message"]["content"]
-                        return _Outcome(content or "", None, attempt)
-                    except (ValueError, KeyError, IndexError, TypeError):
+                        body = response.json()
+                        choice = body["choices"][0]
+                        content = choice["message"]["content"]
+                        tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
+                        cut = "truncated" if choice.get("finish_reason") == "length" else None
+                        return _Outcome(content or "", cut, attempt, tokens)
+                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                         problem = "malformed answer"
             if attempt < self.max_retries:
                 log.warning("llm_rewrite: %s from %s; retry %d/%d in %.1f s", problem,
@@ -217,22 +215,51 @@ class LLMRewriteAugmenter(Augmenter):
         log.warning("llm_rewrite: giving up after %d retries (%s)", self.max_retries, problem)
         return _Outcome(None, "error", self.max_retries)
 
-    @torch.inference_mode()
-    def _chat_local(self, messages: list[dict], temperature: float, seed: int) -> str:
+    def _generate_local(self, jobs: list[tuple[VariantRequest, int]]) -> list[_Outcome]:
+        """Batched: jobs grouped by temperature, sorted by prompt length, `batch_size` per call."""
+        from mars.augmenters import local_lm
+
         if self._local_model is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer  # only this backend
-            tokenizer = AutoTokenizer.from_pretrained(self.model)
-            model = AutoModelForCausalLM.from_pretrained(self.model).to(self.device).eval()
-            self._local_model = tokenizer, model
+            self._local_model = local_lm.load(self.model, self.device)
         tokenizer, model = self._local_model
-        enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
-                                            return_tensors="pt").to(self.device)
-        sampling = ({"do_sample": True, "temperature": temperature} if temperature > 0
-                    else {"do_sample": False})
-        pad = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
-        # the variant's own seed, without disturbing the global RNG that training relies on
-        with torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
-            torch.manual_seed(seed)
-            ids = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                 max_new_tokens=self.max_tokens, pad_token_id=pad, **sampling)
-        return tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        prompts = [local_lm.encode_chat(tokenizer, self._messages(req)[-1]["content"],
+                                        self.system_prompt) for req, _ in jobs]
+        sizes = [len(tokenizer(req.text, add_special_tokens=False)["input_ids"]) for req, _ in jobs]
+        order = sorted(range(len(jobs)), key=lambda j: (self._temperature(jobs[j][0]),
+                                                         len(prompts[j]), j))
+        batches, current = [], []
+        for j in order:
+            if current and (len(current) == self.batch_size or self._temperature(jobs[j][0])
+                            != self._temperature(jobs[current[0]][0])):
+                batches.append(current)
+                current = []
+            current.append(j)
+        if current:
+            batches.append(current)
+        outcomes: list[Optional[_Outcome]] = [None] * len(jobs)
+        start = last_log = time.monotonic()
+        done = tokens = 0
+        for chunk in batches:
+            temperature = self._temperature(jobs[chunk[0]][0])
+            sampling = ({"do_sample": True, "temperature": temperature} if temperature > 0
+                        else {"do_sample": False})
+            limit = min(self.max_tokens,
+                        math.ceil(self.max_length_ratio * max(sizes[j] for j in chunk)) + 16)
+            seed = stable_seed(self.seed, *(f"{jobs[j][0].role}:{self._text_key(jobs[j][0])}:"
+                                            f"{jobs[j][1]}" for j in chunk))
+            answers = local_lm.generate(tokenizer, model, [prompts[j] for j in chunk], limit,
+                                        seed, **sampling)
+            for j, (answer,) in zip(chunk, answers):
+                failure = None
+                if not answer.finished:  # cut off: too long for its input, or at max_tokens
+                    failure = ("too_long" if answer.tokens > self.max_length_ratio * sizes[j]
+                               else "truncated")
+                outcomes[j] = _Outcome(answer.text, failure, 0, answer.tokens)
+                tokens += answer.tokens
+            done, now = done + len(chunk), time.monotonic()
+            if now - last_log >= self.log_every or done == len(jobs):
+                log.info("llm_rewrite (local %s): %d/%d answers, %.1f tokens/s, %.2f answers/s",
+                         self.model, done, len(jobs), tokens / max(now - start, 1e-9),
+                         done / max(now - start, 1e-9))
+                last_log = now
+        return outcomes

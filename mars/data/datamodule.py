@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mars.config import DataConfig
-from mars.data.batch import Collator, PairBatchSampler
+from mars.data.batch import Collator, PackedCollator, PairBatchSampler, TokenBudgetSampler
 from mars.data.format import PairFormatter
 from mars.data.records import PreferencePair
 from mars.data.splits import load_splits
@@ -34,7 +34,7 @@ class PreferenceDataModule(L.LightningDataModule):
         """`formatter`: pairs to token ids (its tokenizer is the model's); `loop`: the MARS round."""
         super().__init__()
         self.cfg, self.formatter, self.loop, self.seed = data, formatter, loop, seed
-        self.collator = Collator(formatter.tokenizer.pad_token_id)
+        self.collator = PackedCollator() if data.packing else Collator(formatter.tokenizer.pad_token_id)
         self.output_dir = output_dir
         self.splits: dict[str, list[PreferencePair]] = {}
         self.truncated: dict[str, int] = {}
@@ -46,8 +46,8 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.splits:
             return
         self.splits = load_splits(self.cfg)
-        self.loop.rank0_first = self._rank0_first
-        self.loop.base = self._rank0_first(lambda: self.loop.augmenter.prepare(self.splits["train"]))
+        self.loop.on_rank0 = self._on_rank0
+        self.loop.base = self._on_rank0(lambda: self.loop.augmenter.prepare(self.splits["train"]))
         self.encoded = {}
         for name, pairs in (("train", self.loop.base), ("val", self.splits["val"]), ("test", self.splits["test"])):
             before = self.formatter.truncated
@@ -63,14 +63,15 @@ class PreferenceDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
 
-    def _rank0_first(self, fn):
-        """Rank 0 runs `fn` first (filling caches), then the others: identical results, no duplicate work."""
+    def _on_rank0(self, fn):
+        """Rank 0 runs `fn` (generating or reading its own cache) and every rank gets its result
+        through torch.distributed: no shared filesystem between nodes is assumed."""
         rank, world = self._rank_world
         if world == 1 or not torch.distributed.is_initialized():
             return fn()
-        result = fn() if rank == 0 else None
-        torch.distributed.barrier()
-        return result if rank == 0 else fn()
+        result = [fn() if rank == 0 else None]
+        torch.distributed.broadcast_object_list(result, src=0)
+        return result[0]
 
     def _gather(self, obj) -> list:
         if self._rank_world[1] == 1 or not torch.distributed.is_initialized():
@@ -81,11 +82,23 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _loader(self, encoded, batch_size: int, shuffle: bool, epoch: int = 0) -> DataLoader:
         rank, world = self._rank_world
-        sampler = PairBatchSampler([e.length for e in encoded], batch_size, shuffle=shuffle, seed=self.seed,
-                                   epoch=epoch, length_grouping=self.cfg.length_grouping, rank=rank,
-                                   world_size=world)
+        if self.cfg.packing:
+            sampler = TokenBudgetSampler([len(e.chosen) + len(e.rejected) for e in encoded], self.cfg.max_tokens_per_batch,
+                                         shuffle=shuffle, seed=self.seed, epoch=epoch, rank=rank, world_size=world)
+        else:
+            sampler = PairBatchSampler([e.length for e in encoded], batch_size, shuffle=shuffle, seed=self.seed,
+                                       epoch=epoch, length_grouping=self.cfg.length_grouping, rank=rank,
+                                       world_size=world)
         return DataLoader(encoded, batch_sampler=sampler, collate_fn=self.collator,
                           num_workers=self.cfg.num_workers, persistent_workers=False)
+
+    def _batches_per_rank(self, pairs: int, world: int) -> int:
+        """Training batches of an epoch of `pairs` pairs on each rank (as the samplers make them;
+        packed: from D₀'s mean tokens per pair, as the budget fills)."""
+        if self.cfg.packing:
+            tokens = np.mean([len(e.chosen) + len(e.rejected) for e in self.encoded["train"]])
+            return max(1, int(np.ceil(pairs * tokens / self.cfg.max_tokens_per_batch / world)))
+        return min(int(np.ceil(pairs / (self.cfg.batch_size * world))), pairs // world)
 
     # ---- the per-epoch round
     def train_dataloader(self) -> DataLoader:
@@ -125,8 +138,7 @@ class PreferenceDataModule(L.LightningDataModule):
         limit, world = trainer.limit_train_batches, trainer.world_size
         steps = 0
         for epoch in range(trainer.max_epochs):
-            size = delivered.get(epoch, self.loop.planned_size(epoch))
-            batches = min(int(np.ceil(size / (self.cfg.batch_size * world))), size // world)
+            batches = self._batches_per_rank(delivered.get(epoch, self.loop.planned_size(epoch)), world)
             batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
             steps += int(np.ceil(batches / trainer.accumulate_grad_batches))
         return min(steps, trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else steps

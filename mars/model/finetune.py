@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mars.config import FinetuneConfig
-from mars.model.reward_model import RewardModel, last_real_token, position_ids
+from mars.model.reward_model import RewardModel, additive_mask, last_real_token, padding_mask, position_ids
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,6 @@ def merge_lora(model: RewardModel) -> None:
 
 def has_lora(model: RewardModel) -> bool:
     return any("lora_" in n for n, _ in model.net.named_parameters())
-
-
-def _additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype, causal: bool) -> torch.Tensor:
-    """[rows, 1, T, T] additive attention mask: padding (and the future, for decoders) masked."""
-    allowed = attention_mask[:, None, None, :].bool()
-    if causal:
-        t = attention_mask.shape[1]
-        allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=attention_mask.device).tril()
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 class CachedTrunk:
@@ -177,7 +168,7 @@ class CachedTrunk:
             net.train(training)
 
     def _run(self, layers, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = _additive_mask(attention_mask, hidden.dtype, causal=self.model.decoder)
+        mask = additive_mask(padding_mask(attention_mask, causal=self.model.decoder), hidden.dtype)
         kwargs = {}
         if self.model.decoder:
             pos = position_ids(attention_mask)
@@ -204,10 +195,7 @@ class CachedTrunk:
         for i, row in enumerate(rows):
             hidden[i, : len(row)] = row
         hidden = self._run(self.upper, hidden.to(input_ids.device), attention_mask)
-        base, net = self.model.net.base_model, self.model.net
         if self.model.decoder:
-            hidden = base.norm(hidden)
+            hidden = self.model.net.base_model.norm(hidden)
             return hidden[torch.arange(len(hidden), device=hidden.device), last_real_token(attention_mask)]
-        if getattr(base, "pooler", None) is None:  # RoBERTa-style heads pool the sequence themselves
-            return net.classifier(hidden)
-        return getattr(net, "dropout", nn.Identity())(base.pooler(hidden))
+        return self.model.encoder_tail(hidden)

@@ -42,6 +42,10 @@ class RewardModule(L.LightningModule):
         self.metrics = torch.nn.ModuleDict({f"{s}_pairs": PairwiseMetrics() for s in STAGES})
         self.losses = torch.nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
         self.val_acc_best = MaxMetric()
+        # The best so far spans epochs: its state goes into the checkpoint, so a resumed run's
+        # val/acc_best covers the epochs before the resume too. (Per-stage metrics restart every
+        # epoch and stay out: their state at a checkpoint is one rank's, mid-epoch.)
+        self.val_acc_best.persistent(True)
         self.horizon_steps = 1
 
     def configure_model(self) -> None:
@@ -62,13 +66,13 @@ class RewardModule(L.LightningModule):
             self.model.trunk.attach_cache(self.feature_cache, identity,
                                           f".rank{self.global_rank}" if world > 1 else "")
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reward of every row, φ of every row)."""
-        return self.model(input_ids, attention_mask)
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reward of every sequence, φ of every sequence) of a padded or packed batch."""
+        return self.model(batch)
 
     def pair_rewards(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward over chosen and rejected rows; rewards split back into (r⁺, r⁻)."""
-        rewards, _ = self(batch["input_ids"], batch["attention_mask"])
+        """One forward over chosen and rejected sequences; rewards split back into (r⁺, r⁻)."""
+        rewards, _ = self(batch)
         return rewards.float().chunk(2)
 
     def target_margin(self, batch) -> float | torch.Tensor:

@@ -6,7 +6,11 @@ taken out as `head`; what is left computes φ, the head's input:
 - decoder-only LMs: the hidden state of the last real token of each row (by the attention mask,
   so left and right padding give the same reward, and position ids follow the real tokens);
 - encoders: the network's own pooled first token (BERT's pooler, RoBERTa's classification dense).
-`forward` returns the rewards and φ, so the prediction pass and the diagnostics need no hooks.
+`forward(batch)` returns the rewards and φ, so the prediction pass and the diagnostics need no
+hooks. A batch is padded (`input_ids`, `attention_mask`: one row per sequence) or packed
+(`input_ids` and `position_ids` of one row holding every sequence, `seq_lengths`): attention then
+stays within each sequence, through flash-attention's variable-length path where the network runs
+on it, otherwise through a block-diagonal mask.
 """
 from __future__ import annotations
 
@@ -46,6 +50,40 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean [rows, 1, T, T] "may attend" mask as the additive mask attention layers take."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def padding_mask(attention_mask: torch.Tensor, causal: bool) -> torch.Tensor:
+    """[rows, 1, T, T]: no attention to padding (nor, for decoders, to the future)."""
+    allowed = attention_mask[:, None, None, :].bool()
+    if causal:
+        t = attention_mask.shape[1]
+        allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=attention_mask.device).tril()
+    return allowed
+
+
+def block_mask(seq_lengths: torch.Tensor, causal: bool) -> torch.Tensor:
+    """[1, 1, T, T] for packed sequences: each token attends within its own sequence only."""
+    seq = torch.repeat_interleave(torch.arange(len(seq_lengths), device=seq_lengths.device), seq_lengths)
+    allowed = seq[:, None] == seq[None, :]
+    if causal:
+        allowed = allowed & torch.ones_like(allowed).tril()
+    return allowed[None, None]
+
+
+def unpack(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packed batch as padded rows (for the fast modes' per-row feature cache)."""
+    lengths = batch["seq_lengths"].tolist()
+    rows = torch.split(batch["input_ids"][0], lengths)
+    ids = torch.zeros(len(rows), max(lengths), dtype=torch.long, device=batch["input_ids"].device)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = row, 1
+    return ids, mask
+
+
 class RewardModel(nn.Module):
     def __init__(self, net: nn.Module, decoder: bool):
         super().__init__()
@@ -58,17 +96,43 @@ class RewardModel(nn.Module):
     def config(self):
         return self.net.config
 
+    def encoder_tail(self, hidden: torch.Tensor) -> torch.Tensor:
+        """φ from an encoder's hidden states: its own pooling of the first token (BERT's pooler,
+        or RoBERTa's classification dense, which reads the first token itself)."""
+        base = self.net.base_model
+        if getattr(base, "pooler", None) is None:
+            return self.net.classifier(hidden)
+        return getattr(self.net, "dropout", nn.Identity())(base.pooler(hidden))
+
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """φ through the whole network (no cache)."""
+        """φ of padded rows through the whole network (no cache)."""
         if self.decoder:
             hidden = self.net.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                          position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
             return hidden[torch.arange(len(hidden), device=hidden.device), last_real_token(attention_mask)]
         return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rewards [rows], φ [rows, hidden])."""
-        phi = (self.trunk or self.features)(input_ids, attention_mask)
+    def packed_features(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                        seq_lengths: torch.Tensor) -> torch.Tensor:
+        """φ of every sequence of one packed row."""
+        ends = seq_lengths.cumsum(0) - 1
+        mask = None
+        if not str(getattr(self.net.config, "_attn_implementation", "")).startswith("flash_attention"):
+            mask = additive_mask(block_mask(seq_lengths, causal=self.decoder), self.net.dtype)
+        hidden = self.net.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                                     **({"use_cache": False} if self.decoder else {})).last_hidden_state[0]
+        if self.decoder:
+            return hidden[ends]
+        return self.encoder_tail(hidden[ends - seq_lengths + 1][:, None, :])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rewards [sequences], φ [sequences, hidden]) of a padded or packed batch."""
+        if "seq_lengths" not in batch:
+            phi = (self.trunk or self.features)(batch["input_ids"], batch["attention_mask"])
+        elif self.trunk is not None:
+            phi = self.trunk(*unpack(batch))
+        else:
+            phi = self.packed_features(batch["input_ids"], batch["position_ids"], batch["seq_lengths"])
         return self.head(phi.to(self.head.weight.dtype)).squeeze(-1), phi
 
     def hf_model(self) -> nn.Module:

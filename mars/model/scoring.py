@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mars.data.batch import Collator, EncodedRow, PairBatchSampler
+from mars.data.batch import Collator, EncodedRow, PackedCollator, PairBatchSampler, TokenBudgetSampler
 from mars.data.format import PairFormatter
 from mars.data.records import PreferencePair
 
@@ -29,12 +29,15 @@ class Scores:
 
 
 class Scorer:
-    """`module`: a RewardModule scored directly (eval.py); or `trainer`: its strategy's model."""
+    """`module`: a RewardModule scored directly (eval.py); or `trainer`: its strategy's model.
+    `packing`: padding-free batches of up to `max_tokens` tokens instead of `batch_size` pairs."""
 
-    def __init__(self, formatter: PairFormatter, pad_id: int, batch_size: int = 16, module=None, trainer=None):
+    def __init__(self, formatter: PairFormatter, pad_id: int, batch_size: int = 16, module=None, trainer=None,
+                 packing: bool = False, max_tokens: int = 4096):
         if (module is None) == (trainer is None):
             raise ValueError("Scorer needs either a module or a trainer")
-        self.formatter, self.collate, self.batch_size = formatter, Collator(pad_id), batch_size
+        self.formatter, self.batch_size, self.packing, self.max_tokens = formatter, batch_size, packing, max_tokens
+        self.collate = PackedCollator() if packing else Collator(pad_id)
         self.module, self.trainer = module, trainer
 
     def _distributed(self) -> tuple[int, int]:
@@ -58,15 +61,19 @@ class Scorer:
         device = self.trainer.strategy.root_device if self.trainer else module.device
         rank, world = self._distributed()
         items = [EncodedRow(i, ids) for i, ids in enumerate(rows)]
-        sampler = PairBatchSampler([len(ids) for ids in rows], 2 * self.batch_size, shuffle=False,
-                                   rank=rank, world_size=world)
+        lengths = [len(ids) for ids in rows]
+        if self.packing:
+            sampler = TokenBudgetSampler(lengths, self.max_tokens, shuffle=False, rank=rank, world_size=world)
+        else:
+            sampler = PairBatchSampler(lengths, 2 * self.batch_size, shuffle=False, rank=rank, world_size=world)
         was_training = module.training
         module.eval()
         index, rewards, phis = [], [], []
         try:
             for batch in DataLoader(items, batch_sampler=sampler, collate_fn=self.collate):
-                r, phi = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-                index.append(batch["index"].numpy()), rewards.append(r.float().cpu().numpy())
+                index.append(batch.pop("index").numpy())
+                r, phi = model({k: v.to(device) for k, v in batch.items()})
+                rewards.append(r.float().cpu().numpy())
                 if features:
                     phis.append(phi.float().cpu().numpy())
         finally:

@@ -1,0 +1,81 @@
+"""Batched generation with a local transformers causal LM (llm_rewrite `backend: local`, and
+paraphrase through a chat model): left padding, one `generate` per batch, a seed per batch that
+leaves the global RNG (training's) untouched."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+
+class Generated(NamedTuple):
+    text: str
+    tokens: int  # new tokens, up to and including the end-of-sequence token
+    finished: bool  # False: stopped at the token limit
+
+
+def load(name: str, device: str):
+    """(tokenizer with left padding, model in eval mode); "smollm2" and "minilm" are resolved."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mars.model.backbone import resolve  # the embedded models' folders
+
+    path = resolve(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"  # generation continues from the last column
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    return tokenizer, model
+
+
+def is_seq2seq(name: str) -> bool:
+    from transformers import AutoConfig
+
+    from mars.model.backbone import resolve
+
+    return bool(getattr(AutoConfig.from_pretrained(resolve(name)), "is_encoder_decoder", False))
+
+
+def encode_chat(tokenizer, content: str, system: Optional[str] = None) -> list[int]:
+    """The token ids of one user turn (and an optional system one) ready for the answer; the
+    plain text when the tokenizer has no chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return tokenizer(content)["input_ids"]
+    messages = [{"role": "user", "content": content}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _eos_ids(tokenizer, model) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+    return {i for i in ids if i is not None}
+
+
+@torch.inference_mode()
+def generate(tokenizer, model, prompts: list[list[int]], max_new_tokens: int, seed: int,
+             num_return_sequences: int = 1, **decoding) -> list[list[Generated]]:
+    """`num_return_sequences` answers per prompt, from one left-padded `generate` call."""
+    batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
+    device = model.device
+    width = batch["input_ids"].shape[1]
+    pad = tokenizer.pad_token_id
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        ids = model.generate(input_ids=batch["input_ids"].to(device),
+                             attention_mask=batch["attention_mask"].to(device),
+                             max_new_tokens=max_new_tokens, pad_token_id=pad,
+                             num_return_sequences=num_return_sequences, **decoding)
+    eos = _eos_ids(tokenizer, model)
+    out: list[Generated] = []
+    for row in ids[:, width:].tolist():
+        end = next((k for k, t in enumerate(row) if t in eos), None)
+        body = row if end is None else row[:end]
+        out.append(Generated(tokenizer.decode(body, skip_special_tokens=True),
+                             len(row) if end is None else end + 1, end is not None))
+    k = num_return_sequences
+    return [out[i * k:(i + 1) * k] for i in range(len(prompts))]
