@@ -38,6 +38,35 @@ def load_weights(module, ckpt_path: str) -> None:
                                  f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")
 
 
+def load_best(trainer, module, ckpt_path: str) -> None:
+    """The best checkpoint's weights into `module`: through the strategy when it is sharded (every
+    rank loads its shards), else strictly from the file."""
+    if module.device_mesh is not None:
+        trainer.strategy.load_checkpoint(ckpt_path)
+    else:
+        load_weights(module, ckpt_path)
+
+
+def full_module(module):
+    """`module` itself, or under FSDP2 an unsharded copy with the full weights, gathered from every
+    rank (each rank calls this; rank 0 gets the copy, the others None)."""
+    if module.device_mesh is None:
+        return module
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from mars.model.module import RewardModule
+
+    state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    copy = RewardModule(module.backbone_cfg, module.finetune_cfg, module.optim_cfg, module.loss_cfg, module.seed,
+                        module.tokenizer)
+    copy.configure_model()
+    copy.model.load_state_dict(state)
+    return copy
+
+
 def load_for_eval(model: str, max_length: int | None = None):
     """A RewardModule, built, from a Lightning `.ckpt` or a `from_pretrained` folder (an export or
     a Hub name); an export's own max length and truncation rule unless `max_length` is given."""

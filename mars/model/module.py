@@ -17,8 +17,12 @@ from mars.model.finetune import apply_finetune, load_kwargs
 from mars.model.loss import bradley_terry_loss
 from mars.model.metrics import PairwiseMetrics
 from mars.model.reward_model import RewardModel
+from mars.model.sharding import is_sharded, shard
 
 STAGES = ("train", "val", "test")
+# The hyperparameters in a checkpoint are these dataclasses: let weights-only loading (sharded
+# checkpoints' metadata) accept them.
+torch.serialization.add_safe_globals([BackboneConfig, FinetuneConfig, OptimConfig, LossConfig])
 
 # Epoch metrics come from torchmetrics objects that already gather every rank's pairs: Lightning's
 # extra reduction (sync_dist) would only average identical values, and inside rank-0-only
@@ -59,6 +63,12 @@ class RewardModule(L.LightningModule):
         apply_finetune(self.model, self.finetune_cfg)
         if cfg.gradient_checkpointing and self.model.trunk is None:
             net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        mesh = self.device_mesh  # set by ModelParallelStrategy (FSDP2)
+        if mesh is not None:
+            if self.model.trunk is not None:
+                raise ValueError(f"finetune={self.finetune_cfg.name} caches features per process and is not sharded: "
+                                 "use trainer=ddp (or ddp_sim) with it")
+            shard(self.model, mesh["data_parallel"], self.trainer.precision)
         if self.model.trunk is not None and self.feature_cache:
             world = self.trainer.world_size if self._trainer else 1
             identity = [cfg.name_or_path, cfg.model_type, cfg.tokenizer, cfg.random_init, cfg.config_overrides,
@@ -151,7 +161,7 @@ class RewardModule(L.LightningModule):
             if p.requires_grad:
                 lr = cfg.head_lr if (cfg.head_lr and id(p) in head) else cfg.lr
                 groups.setdefault((lr, cfg.weight_decay if p.ndim >= 2 else 0.0), []).append(p)
-        fused = all(p.device.type in ("cpu", "cuda") and not p.is_meta for ps in groups.values() for p in ps)
+        fused = all(p.device.type in ("cpu", "cuda") and not is_sharded(p) for ps in groups.values() for p in ps)
         optimizer = torch.optim.AdamW(
             [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()],
             betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)  # one kernel per step (3x foreach on CPU)

@@ -53,7 +53,7 @@ class Scorer:
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: FSDP2 would keep its gathered weights as inference tensors
     def rows(self, rows: list[list[int]], features: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """Reward (and φ) of every token row, in order; identical on every rank."""
         module = self.trainer.lightning_module if self.trainer else self.module
