@@ -11,7 +11,8 @@ from omegaconf import open_dict
 from mars.config import validate
 from tests.conftest import CONF, compose_config
 
-GROUPS = ["data", "backbone", "augmenter", "allocator", "trainer", "logger", "callbacks", "experiment", "debug"]
+GROUPS = ["data", "backbone", "finetune", "augmenter", "allocator", "trainer", "logger", "callbacks", "experiment",
+          "debug"]
 
 
 def members(group: str) -> list[str]:
@@ -36,11 +37,21 @@ def test_targets_instantiate(group, tmp_path):
         if group == "callbacks":
             [hydra.utils.instantiate(c) for c in node.values() if c and "_target_" in c]
         elif group == "trainer":
-            if member in ("gpu", "ddp"):
-                continue  # needs a GPU; composed above
+            if member in ("gpu", "ddp", "fsdp", "deepspeed"):
+                continue  # needs a GPU (and deepspeed); composed above, their strategies below
             hydra.utils.instantiate(node)
         else:
             hydra.utils.instantiate(node)
+
+
+def test_sharded_trainers_name_lightnings_strategies(tmp_path):
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    fsdp = compose_config("train", ["trainer=fsdp", "trainer.num_nodes=8"], tmp_path).trainer
+    strategy = hydra.utils.instantiate(fsdp.strategy)
+    assert isinstance(strategy, ModelParallelStrategy) and fsdp.num_nodes == 8 and fsdp.precision == "bf16-true"
+    ds = compose_config("train", ["trainer=deepspeed", "trainer.strategy.stage=3"], tmp_path).trainer
+    assert ds.strategy._target_ == "lightning.pytorch.strategies.DeepSpeedStrategy" and ds.strategy.stage == 3
 
 
 def test_eval_config_composes(tmp_path):

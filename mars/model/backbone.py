@@ -117,11 +117,17 @@ def is_decoder(config) -> bool:
 
 def model_config(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase):
     """The network's config: `num_labels=1`, the tokenizer's pad id, and `config_overrides`."""
-    overrides = dict(cfg.config_overrides, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    overrides = dict(cfg.config_overrides, num_labels=1)
     if cfg.model_type:  # an architecture built from scratch (tiny test models)
-        return AutoConfig.for_model(cfg.model_type, **overrides)
-    return AutoConfig.from_pretrained(resolve(cfg.name_or_path), trust_remote_code=cfg.trust_remote_code,
-                                      **overrides)
+        config = AutoConfig.for_model(cfg.model_type, **overrides)
+    else:
+        config = AutoConfig.from_pretrained(resolve(cfg.name_or_path), trust_remote_code=cfg.trust_remote_code,
+                                            **overrides)
+    # A pad token mars added lies past the checkpoint's vocabulary until the embeddings grow
+    # (load_network): the embedding layer would refuse it as its padding index before that.
+    if tokenizer.pad_token_id < config.get_text_config().vocab_size:
+        config.pad_token_id = tokenizer.pad_token_id
+    return config
 
 
 def load_network(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase, **kwargs) -> PreTrainedModel:
@@ -135,6 +141,7 @@ def load_network(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase, **kwar
             resolve(cfg.name_or_path), config=config, trust_remote_code=cfg.trust_remote_code, **kwargs)
     if len(tokenizer) > net.get_input_embeddings().num_embeddings:
         net.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        net.config.pad_token_id = tokenizer.pad_token_id
     if net.config.num_labels != 1 or net.config.pad_token_id != tokenizer.pad_token_id:
         raise ValueError(f"{cfg.name_or_path}: reward head needs num_labels=1 and pad_token_id="
                          f"{tokenizer.pad_token_id}, got {net.config.num_labels} and {net.config.pad_token_id}")
