@@ -19,7 +19,7 @@ from mars.callbacks import FitGuard, RunSummary
 from mars.config import validate
 from mars.data.datamodule import PreferenceDataModule
 from mars.data.format import PairFormatter
-from mars.export import export_reward_model, load_weights
+from mars.export import export_reward_model, full_module, load_best
 from mars.loop import MarsLoop
 from mars.model.backbone import load_tokenizer
 from mars.model.module import RewardModule
@@ -86,10 +86,12 @@ def run(cfg: DictConfig, loggers: list) -> tuple[dict[str, float], dict]:
             with open(os.path.join(cfg.paths.output_dir, "test_scores.json"), "w") as f:
                 json.dump({"ids": [p.id for p in pairs], "r_chosen": scores.r_chosen.tolist(),
                            "r_rejected": scores.r_rejected.tolist()}, f)
-    if cfg.get("export") and trainer.is_global_zero:
+    if cfg.get("export"):
         if best:
-            load_weights(model, best)
-        export_reward_model(model, os.path.join(cfg.paths.output_dir, "export"),
+            load_best(trainer, model, best)
+        exportable = full_module(model)  # sharded: the full weights, gathered on rank 0
+    if cfg.get("export") and trainer.is_global_zero:
+        export_reward_model(exportable, os.path.join(cfg.paths.output_dir, "export"),
                             {"checkpoint": os.path.relpath(best, cfg.paths.output_dir) if best else None,
                              "metrics": metrics, "truncated": datamodule.truncated},
                             adapter=typed["finetune"].export_adapter)

@@ -41,24 +41,13 @@ class PairAudit(L.Callback):
             json.dump({"train_set": [p.id for p in trainer.datamodule.epoch_pairs], "seen": self.seen}, f)
 
 
-def check_synthetic_sources(base: list, synthetic: list) -> None:
-    """Every synthetic pair's `base_id` is a base pair of this run, at its `base_index`."""
-    index = {p.id: i for i, p in enumerate(base)}
-    stray = [p for p in synthetic if index.get(p.meta.get("base_id"), -1) != p.meta.get("base_index")]
-    if stray:
-        raise ValueError(f"the D^t restored from the checkpoint has {len(stray)} of {len(synthetic)} synthetic pairs "
-                         f"whose base pair is not this run's (e.g. {stray[0].id}, base_id "
-                         f"{stray[0].meta.get('base_id')!r}): it was built on other data; resume a checkpoint of "
-                         "this data and loop configuration, or start afresh without ckpt_path")
-
-
 class FitGuard(L.Callback):
     """What a fit must not get wrong, whatever the callbacks config:
 
     - every checkpoint carries the run's config digest (mars.utils.config_digest), which
       `ckpt_path=last` matches (mars.utils.resolve_ckpt_path);
-    - a D^t restored from a checkpoint grows from this run's base pairs;
     - training starts with every module in train mode.
+    (That a restored D^t grows from this run's base pairs, the loop checks as it loads.)
     """
 
     def __init__(self, digest: str):
@@ -71,9 +60,6 @@ class FitGuard(L.Callback):
         # from_pretrained builds in eval mode; RewardModule trains every module (its
         # on_train_epoch_start), so Lightning's "modules in eval mode" check before it would be false.
         pl_module.train()
-        loop = getattr(trainer.datamodule, "loop", None)  # restored from the checkpoint by now
-        if loop is not None:
-            check_synthetic_sources(loop.base, loop.synthetic)
 
 
 class LoadReport(logging.Filter):
@@ -121,6 +107,9 @@ class RunSummary(L.Callback):
         logging.getLogger(LoadReport.LOGGER).removeFilter(self.loading)
         if trainer.is_global_zero:
             self.log_model(pl_module)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        logging.getLogger(LoadReport.LOGGER).removeFilter(self.loading)  # a load that failed says so itself
 
     def log_model(self, module) -> None:
         cfg, model = module.backbone_cfg, module.model

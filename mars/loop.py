@@ -172,5 +172,13 @@ class MarsLoop:
         return {"synthetic": [as_dict(p) for p in self.synthetic], "history": self.history, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.synthetic = [PreferencePair(**p) for p in state["synthetic"]]
-        self.history, self.seed = state["history"], state["seed"]
+        """The checkpoint's D^t and history; its synthetic pairs must derive from this run's D₀."""
+        synthetic = [PreferencePair(**p) for p in state["synthetic"]]
+        index = {p.id: i for i, p in enumerate(self.base)}
+        stray = [p for p in synthetic if index.get(p.meta.get("base_id"), -1) != p.meta.get("base_index")]
+        if stray:
+            raise ValueError(f"the D^t restored from the checkpoint has {len(stray)} of {len(synthetic)} synthetic "
+                             f"pairs whose base pair is not this run's (e.g. {stray[0].id}, base_id "
+                             f"{stray[0].meta.get('base_id')!r}): it was built on other data; resume a checkpoint of "
+                             "this data and loop configuration, or start afresh without ckpt_path")
+        self.synthetic, self.history, self.seed = synthetic, state["history"], state["seed"]

@@ -43,7 +43,7 @@ def margin_densities(ax, margins: dict[str, np.ndarray], title: str) -> None:
 def budget_vs_margin(ax, rounds: list[dict], title: str) -> None:
     """Synthetic pairs given to each base pair against its margin, one colour per round."""
     for r in rounds:
-        ax.scatter(r["margins"], r["allocation"], s=6, alpha=0.5, label=f"round {r['round']}")
+        ax.scatter(r["margins"], r.get("added", r["allocation"]), s=6, alpha=0.5, label=f"round {r['round']}")
     ax.set(xlabel="base margin Δ", ylabel="budget b_i", title=title)
     if rounds:
         ax.legend(fontsize=7)
@@ -133,7 +133,7 @@ def best_of_n_plots(results: dict[str, dict], out: Path) -> list[Path]:
     first = results[names[0]]
     for key, style in (("random", ":"), ("longest", "--"), ("oracle", "-")):
         a1.axhline(first[key], color="k", ls=style, lw=1, label=f"{key} {first[key]:.3f}")
-    a1.set(ylabel="judged win-rate vs reference", title="best-of-N picks (bootstrap interval)")
+    a1.set(ylabel="judged win-rate of the pick", title="best-of-N picks (bootstrap interval)")
     a1.legend(fontsize=7), a1.tick_params(axis="x", rotation=30)
     for name in names:
         curve = results[name]["curve"]

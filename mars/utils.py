@@ -129,9 +129,6 @@ class DropMessages(logging.Filter):
 # Messages that ask nothing of a mars user, silenced one by one (logger, message start, why).
 NOISE = (
     ("lightning.pytorch.utilities.rank_zero", "💡 Tip:", "an advertisement for a cloud logger"),
-    # mars tokenises whole texts, then cuts them to backbone.max_length itself (mars/data/format.py):
-    # no sequence longer than the model takes ever reaches it.
-    ("transformers.tokenization_utils_base", "Token indices sequence length is longer", "false here"),
 )
 # Lightning's own call into torch's pytree, deprecated by torch 2.13: nothing for a user to change.
 WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)

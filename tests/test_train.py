@@ -11,6 +11,7 @@ from omegaconf import open_dict
 
 from mars.config import validate
 from mars.model.module import RewardModule
+from mars.utils import DIGEST_KEY, checkpoint_meta, config_digest, resolve_ckpt_path
 from tests.conftest import TINY, compose_config
 from train import train
 
@@ -64,7 +65,7 @@ def test_resume_continues_step_count(tmp_path):
         cfg.paths.output_dir = str(run)
     _, first = train(cfg)
     steps_per_epoch = first["trainer"].global_step // 2
-    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert checkpoint_meta(str(run / "checkpoints" / "last.ckpt"))["digest"] == config_digest(cfg)
 
     resumed = compose_config("train", TINY + ["test=false", "export=false", "trainer.max_epochs=3",
                                                "ckpt_path=last"], tmp_path)
@@ -92,3 +93,84 @@ def test_metrics_json_and_export_written(tiny_cfg, tmp_path):
     assert saved["test/acc"] == pytest.approx(metrics["test/acc"])
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export")
     assert model.config.num_labels == 1 and model.config.pad_token_id == 0
+
+
+# ---- resume: only the state of this configuration, and all of it
+
+def test_config_digest_covers_data_loop_and_model_not_the_trainer(tmp_path):
+    digest = lambda *o: config_digest(compose_config("train", TINY + list(o), tmp_path))  # noqa: E731
+    same = digest()
+    assert digest("trainer.max_epochs=5") == digest("data.eval_batch_size=4") == same
+    assert digest("paths.cache_dir=/elsewhere") == same  # where variants are cached is not what they are
+    for other in ("data.split_seed=1", "data.train_size=80", "allocator=uniform", "loop.budget=10", "seed=1",
+                  "finetune=head", "backbone.max_length=32"):
+        assert digest(other) != same, other
+
+
+def test_ckpt_path_last_resumes_the_newest_run_of_this_configuration(tmp_path, caplog):
+    import os
+    import time
+
+    def checkpoint(run: str, digest: str) -> str:
+        path = tmp_path / "train" / "multiruns" / "sweep" / run / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True)
+        torch.save({DIGEST_KEY: digest, "epoch": 2, "global_step": 30}, path)
+        return str(path)
+
+    mine = checkpoint("0", "mine")
+    time.sleep(0.05)
+    newer = checkpoint("1", "another")  # a newer job of the same sweep, another configuration
+    os.utime(newer, (time.time() + 10, time.time() + 10))
+    with caplog.at_level("INFO"):
+        assert resolve_ckpt_path("last", str(tmp_path), "train", "mine") == mine
+    text = caplog.text
+    assert "skipped 1 newer last.ckpt of other configurations: multiruns/sweep/1/checkpoints/last.ckpt" in text
+    assert f"resuming {mine} at epoch 2 (step 30)" in text
+    with pytest.raises(FileNotFoundError, match="none of the 2 last.ckpt .* this data and loop configuration"):
+        resolve_ckpt_path("last", str(tmp_path), "train", "a third")
+
+
+def test_resume_restores_the_best_validation_accuracy_and_the_epochs_summary(tmp_path, caplog):
+    import csv
+
+    cfg = TINY + ["trainer.max_epochs=3", "test=false", "export=false"]
+    run_a = tmp_path / "logs" / "train" / "runs" / "killed"
+    crashing = compose_config("train", cfg + ["+callbacks.crash._target_=tests.helpers.CrashAtEpoch",
+                                              "+callbacks.crash.epoch=2"], tmp_path)
+    with open_dict(crashing):
+        crashing.paths.output_dir = str(run_a)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashing)
+    saved = torch.load(run_a / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert "val_acc_best.max_value" in saved  # the best so far is part of the checkpoint
+
+    resumed = compose_config("train", cfg + ["ckpt_path=last"], tmp_path / "b")
+    with open_dict(resumed):
+        resumed.paths.log_dir = str(tmp_path / "logs")
+    with caplog.at_level("INFO"):
+        metrics, objects = train(resumed)
+    val = {}
+    for folder in (run_a, tmp_path / "b"):
+        for row in csv.DictReader(open(folder / "csv" / "metrics.csv")):
+            if row.get("val/acc"):
+                val[int(row["epoch"])] = float(row["val/acc"])
+    assert sorted(val) == [0, 1, 2]
+    assert float(saved["val_acc_best.max_value"]) == max(val[0], val[1])
+    assert metrics["val/acc_best"] == pytest.approx(max(val.values()))  # every epoch, not only those after the resume
+    assert objects["model"].val_acc_best.compute().item() == pytest.approx(max(val.values()))
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("run summary")]
+    (epochs,) = [line for line in summary.splitlines() if "validation accuracy by epoch:" in line]
+    assert [f"{e}: {val[e]:.3f}" in epochs for e in (0, 1, 2)] == [True] * 3, epochs  # those before the resume too
+
+
+def test_a_restored_training_set_of_other_base_pairs_is_an_error(tmp_path, caplog):
+    loop = TINY + ["allocator=mars", "augmenter=eda", "augmenter.cache_path=null", "loop.budget=24",
+                   "test=false", "export=false"]
+    first = compose_config("train", loop, tmp_path / "a")
+    train(first)
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    other = compose_config("train", loop + ["data.train_size=48", "trainer.max_epochs=3", f"ckpt_path={last}"],
+                           tmp_path / "b")
+    with caplog.at_level("WARNING"), pytest.raises(ValueError, match="synthetic pairs whose base pair is not this run's"):
+        train(other)
+    assert "written with another data, loop or model configuration" in caplog.text

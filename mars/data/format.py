@@ -101,8 +101,9 @@ class PairFormatter:
         key = (prompt, response)
         if key not in self._memo:
             head, tail = self.texts(prompt, response)
-            ids = self.tokenizer(head + tail, add_special_tokens=False)["input_ids"]
-            head_ids = self.tokenizer(head, add_special_tokens=False)["input_ids"]
+            # verbose=False: a text longer than the model's maximum is fine here, it is truncated below
+            ids = self.tokenizer(head + tail, add_special_tokens=False, verbose=False)["input_ids"]
+            head_ids = self.tokenizer(head, add_special_tokens=False, verbose=False)["input_ids"]
             k = 0  # tokens can merge across the boundary: the prompt part is the common prefix
             while k < min(len(ids), len(head_ids)) and ids[k] == head_ids[k]:
                 k += 1

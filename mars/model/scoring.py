@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from mars.data.batch import Collator, EncodedRow, PackedCollator, PairBatchSampler, TokenBudgetSampler
 from mars.data.format import PairFormatter
@@ -70,7 +71,8 @@ class Scorer:
         module.eval()
         index, rewards, phis = [], [], []
         try:
-            for batch in DataLoader(items, batch_sampler=sampler, collate_fn=self.collate):
+            batches = DataLoader(items, batch_sampler=sampler, collate_fn=self.collate)
+            for batch in tqdm(batches, desc="scoring", unit="batch", leave=False, disable=rank != 0 or len(batches) < 2):
                 index.append(batch.pop("index").numpy())
                 r, phi = model({k: v.to(device) for k, v in batch.items()})
                 rewards.append(r.float().cpu().numpy())
