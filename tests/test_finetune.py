@@ -47,10 +47,10 @@ def test_cached_forward_equals_the_whole_network(name, k, tmp_path):
     fast = build(name, tmp_path, "head" if k == 0 else "top_layers", k)
     fast.model.load_state_dict(full.model.state_dict())
     ids, mask = rows(full)
-    expected, phi = full(ids, mask)
+    expected, phi = full({"input_ids": ids, "attention_mask": mask})
     assert expected.std() > 1e-4  # rows differ (a BOS-pooled decoder would give one value)
     for _ in range(2):  # computed, then from the cache
-        got, got_phi = fast(ids, mask)
+        got, got_phi = fast({"input_ids": ids, "attention_mask": mask})
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(got_phi, phi, atol=1e-5, rtol=1e-4)
     assert len(fast.model.trunk.cache) == 3

@@ -214,7 +214,7 @@ def test_prediction_pass_scores_each_distinct_sequence_once(tiny_cfg):
     swapped = dataclasses.replace(base[0], id="swapped", chosen=base[0].rejected, rejected=base[0].chosen)
     pairs = base + [base[3], swapped]  # a repeated pair and one with its sides exchanged
     rows = []
-    module.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
+    module.register_forward_pre_hook(lambda m, args: rows.append(len(args[0]["input_ids"])))
     scores = dm.loop.scorer.pairs(pairs, features=True)
     assert sum(rows) == len({s for e in dm.formatter.encode(pairs) for s in (tuple(e.chosen), tuple(e.rejected))})
     r_c, r_r, _ = score(module, pairs)

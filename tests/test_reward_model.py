@@ -45,9 +45,10 @@ def test_decoder_reward_is_the_same_alone_and_padded_left_or_right(name, tmp_pat
     rows = [tok(t)["input_ids"] for t in texts]
     assert all(row[-1] != tok.pad_token_id for row in rows)
     with torch.no_grad():
-        alone = torch.cat([module(torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long))[0] for r in rows])
-        right = module(*padded(rows, tok.pad_token_id, "right"))[0]
-        left = module(*padded(rows, tok.pad_token_id, "left"))[0]
+        alone = torch.cat([module(dict(zip(("input_ids", "attention_mask"), padded([r], tok.pad_token_id, "right"))))[0]
+                           for r in rows])
+        right = module(dict(zip(("input_ids", "attention_mask"), padded(rows, tok.pad_token_id, "right"))))[0]
+        left = module(dict(zip(("input_ids", "attention_mask"), padded(rows, tok.pad_token_id, "left"))))[0]
     torch.testing.assert_close(right, alone, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(left, alone, atol=1e-5, rtol=1e-4)
     assert alone.std() > 1e-3  # not the BOS token's constant
@@ -69,7 +70,8 @@ def test_pad_never_equals_eos_and_a_trailing_eos_is_read(tmp_path):
     module.model.detach_head()
     hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
     with torch.no_grad():
-        ours, before_eos = module(ids, mask)[0], module(ids[:, :-1], mask[:, :-1])[0]
+        ours = module({"input_ids": ids, "attention_mask": mask})[0]
+        before_eos = module({"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1]})[0]
         torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask).logits.squeeze(-1), ours,
                                    atol=1e-5, rtol=1e-4)
     assert (ours[1] - before_eos[1]).abs() > 1e-4  # the EOS itself (the longest row's last column) is read
@@ -79,7 +81,7 @@ def test_encoder_reads_its_pooled_first_token(tmp_path):
     module = build("tiny", tmp_path)
     ids, mask = padded([[101, 7, 8, 102], [101, 9, 102]], module.tokenizer.pad_token_id, "right")
     with torch.no_grad():
-        rewards, phi = module(ids, mask)
+        rewards, phi = module({"input_ids": ids, "attention_mask": mask})
         bert = module.model.net.base_model
         pooled = bert.pooler(bert(input_ids=ids, attention_mask=mask).last_hidden_state)
     torch.testing.assert_close(phi, pooled)
