@@ -223,9 +223,10 @@ def test_prediction_pass_scores_each_distinct_sequence_once(tiny_cfg):
     np.testing.assert_allclose(scores.features[-1], -scores.features[0])
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
+@pytest.mark.parametrize("packing", [False, True])
+def test_killed_run_resumes_to_the_same_result(packing, tmp_path):
     # Dropout on: its masks come from (seed, epoch), so the resumed epochs draw the same ones.
-    with_dropout = LOOP + ["backbone.dropout=0.1"]
+    with_dropout = LOOP + ["backbone.dropout=0.1", f"data.packing={packing}", "data.max_tokens_per_batch=800"]
     straight = compose_config("train", with_dropout, tmp_path / "a")
     metrics_a, objects_a = train(straight)
 
