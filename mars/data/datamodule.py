@@ -14,7 +14,7 @@ from mars.config import DataConfig
 from mars.data.batch import Collator, PackedCollator, PairBatchSampler, TokenBudgetSampler
 from mars.data.format import PairFormatter
 from mars.data.records import PreferencePair
-from mars.data.splits import load_splits
+from mars.data.splits import check_no_heldout_leak, load_splits
 from mars.loop import MarsLoop
 from mars.round_logging import log_round
 
@@ -107,6 +107,8 @@ class PreferenceDataModule(L.LightningDataModule):
         # so the epoch iterates exactly the D^t of its round.
         epoch = self.trainer.current_epoch if self.trainer else 0
         report = self.loop.build_round(epoch) if self.trainer else {}
+        if report.get("synthetic_added"):  # no augmentation of a held-out pair is ever trained on
+            check_no_heldout_leak(self.loop.synthetic, {"val": self.splits["val"], "test": self.splits["test"]})
         self.epoch_pairs = self.loop.training_set()
         digests = set(self._gather(pairs_digest(self.epoch_pairs)))
         if len(digests) != 1:
