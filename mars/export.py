@@ -32,10 +32,12 @@ class CheckpointMismatch(RuntimeError):
 def load_weights(module, ckpt_path: str) -> None:
     """Load a Lightning checkpoint's weights into `module`, strictly: every key must match."""
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    own = module.state_dict()
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    if missing or unexpected:  # checked before loading: a mismatch leaves the module as it was
         raise CheckpointMismatch(f"{ckpt_path} does not fit this model: {len(missing)} missing keys "
                                  f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")
+    module.load_state_dict(state)
 
 
 def load_best(trainer, module, ckpt_path: str) -> None:

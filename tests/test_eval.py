@@ -63,7 +63,7 @@ def test_export_loads_with_transformers(module, export):
     batch = tok(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         theirs = model(**batch).logits.squeeze(-1)
-        ours, _ = module(batch["input_ids"], batch["attention_mask"])
+        ours, _ = module(dict(batch))
     assert theirs.shape == (2,) and torch.allclose(theirs, ours, atol=1e-6)
     assert (theirs[0] - theirs[1]).abs() > 1e-4  # the comparison is not between constants
     info = json.load(open(f"{export}/mars_export.json"))
@@ -191,7 +191,7 @@ def test_lora_adapter_folder_rebuilds_the_reward_model(pairs, tmp_path):
     tok = module.tokenizer
     batch = tok(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
-        ours, _ = module(batch["input_ids"], batch["attention_mask"])
+        ours, _ = module(dict(batch))
         theirs = peft(**batch).logits.squeeze(-1)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
     assert (ours[0] - ours[1]).abs() > 1e-3
@@ -263,3 +263,89 @@ def test_report_side_by_side_with_rounds(export, tmp_path):
     assert "run_a" in report and "Accuracy by difficulty" in report
     for png in ("accuracy_margins.png", "rounds.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_alpacaeval_bon_end_to_end(export, tmp_path):
+    """data=alpacaeval_bon through eval.py: the picks of the one scorer, their judged win-rate, the report."""
+    from eval import evaluate
+    from mars.data.candidates import load_alpacaeval_bon
+    from mars.evaluation.models import load_scorer
+    from tests.conftest import require_data
+
+    path = require_data() / "alpacaeval-bon" / "alpacaeval-bon-n11.jsonl"
+    out = tmp_path / "report"
+    cfg = compose_config("eval", [f"model={export}", "data=alpacaeval_bon", "data.limit=4", "bootstrap=50",
+                                  f"output_dir={out}"], tmp_path)
+    (result,) = evaluate(cfg).values()
+    sets = load_alpacaeval_bon(str(path), limit=4)
+    scorer = load_scorer(export)
+    rows = [(s.prompt, c) for s in sets for c in s.candidates]
+    rewards = scorer.responses(rows).reshape(4, 11)
+    picked = [s.scores[int(np.argmax(r))] for s, r in zip(sets, rewards)]
+    bon = result["best_of_n"]
+    assert (bon["instructions"], bon["candidates"]) == (4, 11) and result["prompts"] == 4
+    assert bon["win_rate"]["value"] == pytest.approx(np.mean(picked))
+    assert bon["picks"] == [int(np.argmax(r)) for r in rewards]
+    assert bon["oracle"] == pytest.approx(np.mean([max(s.scores) for s in sets]))
+    assert result["truncated"] == sum(scorer.formatter.sequence(p, c)[1] for p, c in rows) > 0  # max_length 64
+    written = json.loads((out / "eval.json").read_text())
+    assert written["models"][Path(export).parent.name]["best_of_n"]["win_rate"] == bon["win_rate"]
+    assert "best-of-11 on 4 instructions" in (out / "report.md").read_text()
+    assert (out / "best_of_n.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "candidates.jsonl").exists()  # nothing sampled or re-judged
+
+
+def test_eval_rewardbench2_local_file_end_to_end(export, tmp_path):
+    """data=rewardbench2 with a local file of all six subsets: the leaderboard score of the scorer's rewards."""
+    from eval import evaluate
+    from mars.data.candidates import load_rewardbench2
+    from mars.evaluation.models import load_scorer
+    from mars.evaluation.rewardbench import V2_SUBSETS, rewardbench2_scores
+
+    rows = [{"id": str(i), "prompt": f"Question {i}?", "chosen": [f"The right answer {i}."],
+             "rejected": [f"Wrong {i}.", f"Also wrong, {i}.", "No idea."], "num_correct": 1, "subset": subset}
+            for i, subset in enumerate(V2_SUBSETS[:-1])]
+    rows += [{"id": "ref:7", "prompt": "Name a primary colour.", "chosen": ["Red."], "rejected": ["Green."],
+              "num_correct": 1, "subset": "Ties"},
+             {"id": "tied:7", "prompt": "Name a primary colour.", "chosen": ["Red.", "Blue.", "Yellow."],
+              "rejected": ["Green.", "Purple."], "num_correct": 3, "subset": "Ties"}]
+    path = tmp_path / "rb2.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose_config("eval", [f"model={export}", "data=rewardbench2", f"data.path={path}",
+                                  f"output_dir={tmp_path / 'report'}"], tmp_path)
+    (result,) = evaluate(cfg).values()
+    sets = load_rewardbench2(str(path))
+    flat = load_scorer(export).responses([(s.prompt, c) for s in sets for c in s.candidates])
+    bounds = np.cumsum([0] + [len(s.candidates) for s in sets])
+    expected = rewardbench2_scores(sets, [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    rb2 = result["rewardbench2"]
+    assert set(rb2["subsets"]) == set(V2_SUBSETS) and rb2["prompts"]["Ties"] == 2
+    assert rb2["score"] is not None and rb2["score"] == pytest.approx(expected["score"])
+    assert rb2["subsets"] == pytest.approx(expected["subsets"])
+    assert "RewardBench 2 score" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_models_with_one_frozen_trunk_share_its_forward(export, tmp_path):
+    """Two exports that differ only in the head: one trunk pass, each model's own rewards."""
+    import copy
+
+    from mars.evaluation.models import CandidateRewards, load_scorer
+
+    module = load_for_eval(export)
+    other = copy.deepcopy(module)
+    with torch.no_grad():
+        other.model.head.weight.mul_(-2.0)
+    second = export_reward_model(other, str(tmp_path / "other" / "export"))
+    rows = [("What is the capital of France?", a) for a in ("Paris.", "Lyon.", "I do not know.", "Paris.")]
+    shared, alone = CandidateRewards(), []
+    for folder in (export, second, str(tmp_path / "third")):
+        if folder.endswith("third"):  # a model with another trunk: its own pass
+            third = copy.deepcopy(module)
+            with torch.no_grad():
+                next(third.model.net.parameters()).add_(0.1)
+            folder = export_reward_model(third, folder)
+        scorer = load_scorer(folder)
+        np.testing.assert_allclose(shared(scorer, rows), scorer.responses(rows), atol=1e-5)
+        alone.append(scorer.responses(rows))
+    assert shared.forwards == 2
+    np.testing.assert_allclose(alone[1], -2.0 * alone[0] + 3.0 * module.model.head.bias.item(), atol=1e-4)

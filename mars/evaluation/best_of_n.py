@@ -49,8 +49,8 @@ def best_of_n(sets: list[CandidateSet], rewards: list[np.ndarray], n_boot: int =
 
     `rewards[i][j]` is the reward of `sets[i].candidates[j]`; every set needs `scores`. The interval
     resamples prompts (`n_boot` times, `seed`) and is reported as it comes out, not widened to contain
-    the estimate. The curves run k = 1..N (N: the smallest candidate count, `candidates`); the random
-    anchor is flat in k, and the curve's k = 1 value equals it.
+    the estimate. `picks` holds the picked index per set. The curves run k = 1..N (N: the smallest
+    candidate count, `candidates`); the random anchor is flat in k, and the curve's k = 1 value equals it.
     """
     if len(sets) != len(rewards) or not sets:
         raise ValueError(f"{len(sets)} candidate sets but {len(rewards)} reward arrays (need equal, > 0)")
@@ -63,7 +63,8 @@ def best_of_n(sets: list[CandidateSet], rewards: list[np.ndarray], n_boot: int =
             raise ValueError(f"set {s.id!r}: {r.shape} rewards for {len(s.candidates)} candidates")
         utils.append(np.asarray(s.scores, dtype=np.float64))
         rs.append(r)
-    picked = np.array([u[pick(r)] for r, u in zip(rs, utils)])
+    picks = [pick(r) for r in rs]
+    picked = np.array([u[k] for k, u in zip(picks, utils)])
     rng = np.random.default_rng(seed)
     draws = picked[rng.integers(0, len(picked), (n_boot, len(picked)))].mean(axis=1)
     lo, hi = np.percentile(draws, [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100])
@@ -78,6 +79,7 @@ def best_of_n(sets: list[CandidateSet], rewards: list[np.ndarray], n_boot: int =
         "oracle_curve": {k: float(np.mean([_best_of_k(u, u, k) for u in utils])) for k in range(1, n + 1)},
         "instructions": len(sets),
         "candidates": n,
+        "picks": picks,  # the picked candidate of each set, in order (paired comparisons between models)
     }
 
 

@@ -104,5 +104,9 @@ class Scorer:
     def responses(self, prompt_response: list[tuple[str, str]]) -> np.ndarray:
         """Reward of each (prompt, response), formatted as pairs are (best-of-N candidates)."""
         row_of: dict[tuple[int, ...], int] = {}
-        index = [row_of.setdefault(tuple(self.formatter.sequence(p, r)[0]), len(row_of)) for p, r in prompt_response]
+        index = []
+        for p, r in prompt_response:
+            ids, cut = self.formatter.sequence(p, r)
+            self.formatter.truncated += cut  # counted per response, as pairs count per pair
+            index.append(row_of.setdefault(tuple(ids), len(row_of)))
         return self.rows([list(ids) for ids in row_of])[0][np.asarray(index, dtype=np.int64)]
