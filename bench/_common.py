@@ -1,7 +1,7 @@
 """Shared helpers of the benchmarks (not part of the package or the test suite).
 
 Every benchmark composes the *real* Hydra config (`conf/`) the way `tests/conftest.py` does,
-runs the real code path (`train.train`, `MarsLoop.build_round`, `RewardModule.score_rows`) and
+runs the real code path (`train.train`, `MarsLoop.build_round`, `mars.model.scoring.Scorer`) and
 measures it from the outside: Lightning callbacks for timing and token counts, a psutil thread
 for memory, `os.getloadavg()` at the start and end of every measurement.
 """
@@ -209,7 +209,7 @@ def compose(overrides: list[str], output_dir: Path, name: str = "train"):
 
 
 # Quiet, single-process runs: no progress bar / model summary printing (same for TRL: disable_tqdm).
-QUIET = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
+QUIET = ["++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false"]
 
 
 def quiet_logging() -> None:
@@ -230,6 +230,17 @@ def quiet_logging() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Lightning callbacks and the round timer
+
+def batch_tokens(batch: dict) -> tuple[int, int]:
+    """(non-padding tokens, token slots) of a batch. Padded batches: the attention mask's sum and
+    size. Packed batches (`data.packing`: one row, `seq_lengths`) have no padding: both are
+    `input_ids.numel()`."""
+    if "seq_lengths" in batch:
+        n = int(batch["input_ids"].numel())
+        return n, n
+    mask = batch["attention_mask"]
+    return int(mask.sum()), int(mask.numel())
+
 
 class EpochTimer(L.Callback):
     """A Lightning callback timing every training epoch, validation excluded, and counting tokens.
@@ -270,10 +281,10 @@ class EpochTimer(L.Callback):
                      "pairs": 0, "tokens": 0, "padded": 0, "batches": 0, "load_start": loadavg()}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        mask = batch["attention_mask"]
+        tokens, slots = batch_tokens(batch)
         self._cur["pairs"] += int(batch["index"].numel())
-        self._cur["tokens"] += int(mask.sum())
-        self._cur["padded"] += int(mask.numel())
+        self._cur["tokens"] += tokens
+        self._cur["padded"] += slots
         self._cur["batches"] += 1
 
     def on_validation_start(self, trainer, pl_module):

@@ -7,9 +7,10 @@ Each mode runs the real `train.train(cfg)` on the same split of the shared HH-RL
 (data=hh_rlhf_offline: N training pairs, 200 validation, 500 test pairs never trained on),
 MiniLM, max length 256, 16 pairs per batch, allocator=none augmenter=none, fp32:
 
-* full fine-tuning (`backbone.train_layers=-1`, lr 5e-5, the default recipe);
-* top-2 layers (`backbone.train_layers=2`, lr 5e-5) on the cached output of the 4 layers below;
-* head only (`backbone.train_layers=0`, lr 0.1 as in the CPU-scale study) on cached features.
+* full fine-tuning (`finetune=full`, lr 5e-5, the default recipe);
+* top-2 layers (`finetune=top_layers finetune.layers=2`, lr 5e-5) on the cached output of the 4
+  layers below;
+* head only (`finetune=head`, lr 0.1 as in the CPU-scale study) on cached features.
 
 A fast mode runs twice on one feature cache: cold (the frozen part computes every sequence once)
 and warm (a later run of a sweep: every feature comes from the disk cache). Reported: held-out
@@ -31,10 +32,13 @@ from pathlib import Path
 
 import _common as C
 
-MODES = {"full": ("full fine-tuning", -1, 5e-5), "top2": ("top-2 layers", 2, 5e-5), "head": ("head only", 0, 0.1)}
+# name: (label, finetune overrides, lr, cached: runs cold and warm)
+MODES = {"full": ("full fine-tuning", ["finetune=full"], 5e-5, False),
+         "top2": ("top-2 layers", ["finetune=top_layers", "finetune.layers=2"], 5e-5, True),
+         "head": ("head only", ["finetune=head"], 0.1, True)}
 
 
-def run_mode(train_layers: int, lr: float, args, out: Path, cache: Path) -> dict:
+def run_mode(finetune: list[str], lr: float, args, out: Path, cache: Path) -> dict:
     import numpy as np
     from omegaconf import open_dict
 
@@ -43,7 +47,7 @@ def run_mode(train_layers: int, lr: float, args, out: Path, cache: Path) -> dict
 
     cfg = C.compose(["data=hh_rlhf_offline", f"data.train_size={args.train}", "data.val_size=200",
                      f"data.test_size={args.test}", "backbone.max_length=256", "data.batch_size=16",
-                     f"backbone.train_layers={train_layers}", f"optim.lr={lr}", "allocator=none",
+                     *finetune, f"optim.lr={lr}", "allocator=none",
                      "augmenter=none", f"trainer.max_epochs={args.epochs}", "~logger", "callbacks=none",
                      "export=false", "seed=1", *C.QUIET], out)
     with open_dict(cfg):
@@ -82,12 +86,13 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="mars_bench_fast_") as d:
         root = Path(d)
-        for name, k, lr in (MODES[m] for m in args.modes):
-            cache = root / f"cache_{k}"
-            runs = {"cold": run_mode(k, lr, args, root / f"{k}_cold", cache)}
-            if k >= 0:
-                runs["warm"] = run_mode(k, lr, args, root / f"{k}_warm", cache)
-            results[name] = {"train_layers": k, "lr": lr, **runs}
+        for key in args.modes:
+            name, finetune, lr, cached = MODES[key]
+            cache = root / f"cache_{key}"
+            runs = {"cold": run_mode(finetune, lr, args, root / f"{key}_cold", cache)}
+            if cached:
+                runs["warm"] = run_mode(finetune, lr, args, root / f"{key}_warm", cache)
+            results[name] = {"finetune": finetune, "lr": lr, **runs}
             for when, r in runs.items():
                 a = r["acc"]
                 print(f"  {name} ({when}): held-out acc {a['value']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}], "

@@ -40,15 +40,17 @@ COMPONENTS: dict = {}
 
 def wrap_components() -> None:
     """Time the parts of the round from outside (this process only; mars's code is not changed):
-    the prediction pass (DataModule.score), `MarsLoop.build_round`, tokenising (PairFormatter.encode),
-    round logging (log_round) and Python's garbage collector."""
+    the prediction pass (`Scorer.pairs`, which the mars allocator's round calls once, on D0),
+    `MarsLoop.build_round`, tokenising (PairFormatter.encode), round logging (log_round) and
+    Python's garbage collector."""
     import gc
 
     import mars.data.datamodule as dmod
     from mars.data.format import PairFormatter
     from mars.loop import MarsLoop
+    from mars.model.scoring import Scorer
 
-    if getattr(dmod.PreferenceDataModule.score, "_bench_wrapped", False):
+    if getattr(Scorer.pairs, "_bench_wrapped", False):
         return
     stats = COMPONENTS
 
@@ -63,7 +65,7 @@ def wrap_components() -> None:
         return wrapper
 
     epoch = lambda *a: stats.get("_epoch", -1)  # noqa: E731
-    dmod.PreferenceDataModule.score = timed("score", dmod.PreferenceDataModule.score, epoch)
+    Scorer.pairs = timed("score", Scorer.pairs, epoch)
     dmod.log_round = timed("log_round", dmod.log_round, epoch)
     MarsLoop.build_round = timed("build_round", MarsLoop.build_round, epoch)
     PairFormatter.encode = timed("encode", PairFormatter.encode, epoch)

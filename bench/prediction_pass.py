@@ -6,10 +6,10 @@
 One process runs the real `train.train(cfg)` (data=hh_rlhf_offline, allocator=none, 8 pairs per
 batch) for `--epochs` epochs on the N base pairs; training pairs/s is the median over epochs
 (each epoch timed by a callback; validation switched off, `trainer.limit_val_batches=0`). Then,
-with the trained model still attached, the DataModule's own `score(pairs, features=True)` (the
-call `MarsLoop.build_round` makes: every distinct sequence scored once by
-`RewardModule.score_rows`, in length-sorted batches of 2 × `data.eval_batch_size` rows, 16 by
-default, the head's input features captured) scores the same N pairs `--repeats` times; its
+with the trained model still attached, the run's own scorer, `loop.scorer.pairs(pairs,
+features=True)` (`mars.model.scoring.Scorer`, the call `MarsLoop.build_round` makes: every
+distinct sequence scored once, in length-sorted batches of 2 × `data.eval_batch_size` rows, 16
+by default, the head's input features captured) scores the same N pairs `--repeats` times; its
 pairs/s is the median.
 Target: prediction pass ≥ 3× training pairs/s.
 """
@@ -23,25 +23,19 @@ import _common as C
 
 
 class CountingCollator:
-    """Stands in for the pass's `RowCollator` (patched in `mars.data.datamodule`, this process
-    only) and counts the rows and tokens it pads."""
+    """Wraps the scorer's collator (this scorer instance only) and counts the rows and tokens it
+    pads (packed batches: no padding, see `_common.batch_tokens`)."""
 
-    def __init__(self):
-        from mars.data.batch import RowCollator
+    def __init__(self, inner):
+        self.inner, self.tokens, self.padded, self.rows = inner, 0, 0, 0
 
-        self.make, self.tokens, self.padded, self.rows = RowCollator, 0, 0, 0
-
-    def __call__(self, pad_id):
-        inner = self.make(pad_id)
-
-        def collate(rows):
-            out = inner(rows)
-            self.tokens += int(out["attention_mask"].sum())
-            self.padded += int(out["attention_mask"].numel())
-            self.rows += len(rows)
-            return out
-
-        return collate
+    def __call__(self, rows):
+        out = self.inner(rows)
+        tokens, slots = C.batch_tokens(out)
+        self.tokens += tokens
+        self.padded += slots
+        self.rows += len(rows)
+        return out
 
     def reset(self):
         self.tokens = self.padded = self.rows = 0
@@ -66,15 +60,14 @@ def train_and_score(n_pairs: int, epochs: int, repeats: int, max_length: int = 2
         timer = C.find_callback(objs["trainer"], C.EpochTimer)
         dm, module = objs["datamodule"], objs["model"]
         base = dm.loop.base
-        import mars.data.datamodule as dmod
-
-        counter = CountingCollator()
-        dmod.RowCollator = counter
+        scorer = dm.loop.scorer
+        counter = CountingCollator(scorer.collate)
+        scorer.collate = counter
         scoring = []
         for r in range(repeats):
             counter.reset()
             with C.Measure() as m:
-                scores = dm.score(base, True)
+                scores = scorer.pairs(base, features=True)
             assert len(scores.margins) == len(base) and 0 < counter.rows <= 2 * len(base)
             scoring.append({"s": m.seconds, "cpu_s": m.cpu_seconds, "pairs": len(base), "rows": counter.rows,
                             "tokens": counter.tokens,
@@ -84,14 +77,14 @@ def train_and_score(n_pairs: int, epochs: int, repeats: int, max_length: int = 2
                       f"loadavg {C.fmt_load(m.load_start)} → {C.fmt_load(m.load_end)}", flush=True)
         alt = {}
         for bs in alt_eval_batches:  # the same pass with another data.eval_batch_size (a what-if)
-            dm.cfg.eval_batch_size = bs
+            scorer.batch_size = bs
             runs = []
             for r in range(repeats):
                 counter.reset()
                 with C.Measure() as m:
-                    dm.score(base, True)
+                    scorer.pairs(base, features=True)
                 runs.append({"s": m.seconds, "cpu_s": m.cpu_seconds, "tokens": counter.tokens, "padded": counter.padded})
-            dm.cfg.eval_batch_size = eval_batch
+            scorer.batch_size = eval_batch
             alt[bs] = {"pps": C.median([len(base) / x["s"] for x in runs]),
                        "ppcs": C.median([len(base) / x["cpu_s"] for x in runs]),
                        "pad": C.median([1 - x["tokens"] / x["padded"] for x in runs]), "runs": runs}

@@ -9,7 +9,7 @@ mars allocator τ=0.5, EDA augmentation served from the SQLite cache, D^t) and t
 digest, the round report (`log_round`: JSON + PNG in a temporary folder) and tokenising D^t for
 the loader. Both are timed: `build_round` alone and the whole `train_dataloader()`.
 
-The scorer is the *tiny* backbone (conf/backbone/tiny.yaml: a random 2-layer BERT, hidden 32,
+The scorer (`mars.model.scoring.Scorer` on the module, as train.py builds it) runs the *tiny* backbone (conf/backbone/tiny.yaml: a random 2-layer BERT, hidden 32,
 max_length 64) so that the figures measure the loop's own scaling, not a large model's forward.
 The DataModule is the real one, set up from a temporary local JSONL of the pairs (`data=local`),
 with a stub trainer object (rank 0 of 1, epoch 1, no loggers) standing in for Lightning's.
@@ -54,8 +54,11 @@ def setup_round(pairs, budget: int, root: Path, tag: str):
 
     from mars.config import typed
     from mars.data.datamodule import PreferenceDataModule
+    from mars.data.format import PairFormatter
     from mars.loop import MarsLoop
+    from mars.model.backbone import load_tokenizer
     from mars.model.module import RewardModule
+    from mars.model.scoring import Scorer
 
     path = root / f"pairs_{tag}.jsonl"
     with open(path, "w") as f:
@@ -64,13 +67,20 @@ def setup_round(pairs, budget: int, root: Path, tag: str):
     cfg = C.compose(["backbone=tiny", "allocator=mars", "augmenter=eda", "data=local", f"data.path={path}",
                      "data.fields.id=id", "data.val_size=1", "data.test_size=0", "data.train_size=-1",
                      f"loop.budget={budget}", "loop.warmup_epochs=1", "loop.accumulate=true"], root / "run")
-    data, backbone, optim, loss, loop_cfg = (typed(cfg, g) for g in ("data", "backbone", "optim", "loss", "loop"))
+    data, backbone, finetune, optim, loss, loop_cfg = (typed(cfg, g) for g in
+                                                       ("data", "backbone", "finetune", "optim", "loss", "loop"))
     torch.manual_seed(0)
-    module = RewardModule(backbone, optim, loss, cfg.seed)
+    tokenizer = load_tokenizer(backbone)
+    module = RewardModule(backbone, finetune, optim, loss, cfg.seed, tokenizer)
+    module.configure_model()
+    formatter = PairFormatter(tokenizer, backbone.max_length, backbone.min_prompt_tokens)
+    # The scorer as train.py builds it, on the module directly (no Lightning trainer here).
+    scorer = Scorer(formatter, tokenizer.pad_token_id, data.eval_batch_size, module=module,
+                    packing=data.packing, max_tokens=data.max_tokens_per_batch)
     loop = MarsLoop(loop_cfg, hydra.utils.instantiate(cfg.allocator), hydra.utils.instantiate(cfg.augmenter),
-                    seed=cfg.seed)
+                    scorer, seed=cfg.seed)
     out_dir = root / f"out_{tag}"
-    dm = PreferenceDataModule(data, backbone, loop, cfg.seed, str(out_dir))
+    dm = PreferenceDataModule(data, formatter, loop, cfg.seed, str(out_dir))
     dm.setup("fit")
     dm.trainer = SimpleNamespace(lightning_module=module, global_rank=0, world_size=1, current_epoch=1,
                                  loggers=[], global_step=0)
@@ -79,9 +89,9 @@ def setup_round(pairs, budget: int, root: Path, tag: str):
 
 def time_rounds(pairs, budget: int, repeats: int, root: Path, tag: str) -> dict:
     dm, loop = setup_round(pairs, budget, root, tag)
-    memo0 = dict(dm.encoder._memo)  # after setup(): D0's texts only
+    memo0 = dict(dm.formatter._memo)  # after setup(): D0's texts only
     score_s: list[float] = []
-    original_score = dm.score
+    original_score = loop.scorer.pairs
 
     def timed_score(ps, features=False):
         t0 = time.perf_counter()
@@ -89,17 +99,17 @@ def time_rounds(pairs, budget: int, repeats: int, root: Path, tag: str) -> dict:
         score_s.append(time.perf_counter() - t0)
         return out
 
-    dm.score = timed_score  # this instance only
+    loop.scorer.pairs = timed_score  # this scorer instance only
     runs = []
     for r in range(repeats + 1):
         loop.synthetic, loop.history = [], []
-        dm.encoder._memo = dict(memo0)
+        dm.formatter._memo = dict(memo0)
         score_s.clear()
         before = dict(loop.augmenter.stats)
         with C.Measure() as m_build:
-            report = loop.build_round(1, dm.score)
+            report = loop.build_round(1)
         loop.synthetic, loop.history = [], []  # train_dataloader builds the same round again
-        dm.encoder._memo = dict(memo0)
+        dm.formatter._memo = dict(memo0)
         score_s.clear()
         with C.Measure() as m_full:
             dm.train_dataloader()

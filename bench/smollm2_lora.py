@@ -2,9 +2,11 @@
 accuracy of the untrained reward head and after one epoch, with the wall time.
 
     python bench/smollm2_lora.py [--train 256] [--test 200] [--max-length 128] [--lr 2e-4]
+    python bench/smollm2_lora.py --quick     # 16 train pairs, 16 test pairs, max length 64 (a smoke run)
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +20,8 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
     args = C.parse(p)
+    if args.quick:
+        args.train, args.test, args.max_length = 16, 16, 64
     C.begin()
     import lightning as L
     import numpy as np
@@ -35,7 +39,7 @@ def main() -> None:
         s = Scorer(fmt, module.tokenizer.pad_token_id, module=module, packing=True, max_tokens=2048).pairs(pairs)
         return s.r_chosen, s.r_rejected
 
-    out = Path("/tmp/mars_bench_smollm2")
+    out = Path(tempfile.mkdtemp(prefix="mars_bench_smollm2_"))
     overrides = ["data=hh_rlhf_offline", f"data.train_size={args.train}", "data.val_size=50",
                  f"data.test_size={args.test}", "data.packing=true", "data.max_tokens_per_batch=2048",
                  "backbone=smollm2", f"backbone.max_length={args.max_length}", "finetune=lora",
@@ -62,6 +66,8 @@ def main() -> None:
     print(f"SmolLM2 LoRA on {args.train} HH pairs: held-out accuracy {before['value']:.3f} "
           f"[{before['lo']:.3f}, {before['hi']:.3f}] untrained -> {after['value']:.3f} "
           f"[{after['lo']:.3f}, {after['hi']:.3f}] after 1 epoch; {t_train:.0f} s to train and test")
+    print(f"SUMMARY smollm2_lora: acc {before['value']:.3f} untrained -> {after['value']:.3f} after 1 epoch on "
+          f"{args.train} pairs ({args.test} test pairs), {t_train:.0f} s to train and test")
     np.testing.assert_equal(len(test), args.test)
 
 

@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/train_vs_trl.py            # full: 512 train pairs, 500 held out
     .venv/bin/python bench/train_vs_trl.py --quick    # 48 train pairs, 40 held out (a smoke run)
+    .venv/bin/python bench/train_vs_trl.py --packing --max-tokens 2304   # mars with data.packing=true
+    .venv/bin/python bench/train_vs_trl.py --bf16     # both in bf16 autocast (mars: trainer.precision=bf16-mixed)
 
 Same model (the embedded all-MiniLM-L6-v2, `mars.model.backbone.resolve("minilm")`), same data
 (the first N HH-RLHF pairs of the shared file to train on; the last M pairs held out, never
@@ -11,6 +13,12 @@ gradient clipping 1.0, dropout off (both frameworks' default), no gradient check
 own defaults differ in learning rate 1e-4 and gradient checkpointing on, and are overridden here
 so that both do the same work). Each framework runs in its own child process (clean memory figures,
 no cross-talk); the parent prints the table.
+
+`--packing`: mars trains on packed, padding-free batches (`data.packing=true`) of up to
+`--max-tokens` tokens (`data.max_tokens_per_batch`) instead of `--batch` pairs; its padded-token
+count is then its token count (no padding). TRL keeps its padded batches of `--batch` pairs.
+`--bf16`: both frameworks train in bf16 autocast (mars `trainer.precision=bf16-mixed`, TRL
+`bf16=True`); held-out scoring stays as each framework does it after training.
 
 mars runs the real path: the composed `conf/train.yaml` with data=hh_rlhf_offline (data.path /
 val_path pointing at temporary HH-format copies of the chosen pairs), allocator=none
@@ -36,20 +44,44 @@ HERE = Path(__file__).resolve()
 # ---------------------------------------------------------------------------------------------
 # Workers (child processes)
 
+def allow_clipping_fused_bf16() -> None:
+    """Lightning's MixedPrecision refuses gradient clipping with a fused optimiser ("performs
+    unscaling of gradients internally") even under bf16-mixed, where there is no grad scaler and
+    so nothing to unscale: mars's default (fused AdamW, gradient_clip_val 1.0) then fails at its
+    first step. Here, in this worker only, bf16 clipping goes straight to the plain precision
+    plugin's clipping (clip_grad_norm_ on the fp32 gradients), which is what it would do."""
+    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+    from lightning.pytorch.utilities import GradClipAlgorithmType
+
+    original = MixedPrecision.clip_gradients
+
+    def clip_gradients(self, optimizer, clip_val=0.0, gradient_clip_algorithm=GradClipAlgorithmType.NORM):
+        if self.scaler is None:  # bf16: gradients are never scaled
+            return Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
+        return original(self, optimizer, clip_val, gradient_clip_algorithm)
+
+    MixedPrecision.clip_gradients = clip_gradients
+
+
 def worker_mars(args) -> dict:
     C.quiet_logging()
     import train as train_script
+
+    if args.bf16:
+        allow_clipping_fused_bf16()
 
     tmp = Path(args.tmp)
     out_dir = tmp / f"mars_run_{args.tag}"
     cfg = C.compose([
         "data=hh_rlhf_offline", f"data.path={tmp / 'train.jsonl.gz'}",
-        f"data.val_path={tmp / 'heldout.jsonl.gz'}", f"data.test_path={tmp / 'heldout.jsonl.gz'}",
+        f"data.val_path={tmp / 'heldout.jsonl.gz'}", "data.test_size=0",
         f"data.train_size={args.train}", f"backbone.max_length={args.max_length}",
         f"data.batch_size={args.batch}", "data.eval_batch_size=64",
         "allocator=none", "augmenter=none", "trainer.max_epochs=1", "~logger", "callbacks=none",
         "test=false", "export=false", "seed=42", "+trainer.limit_val_batches=0",
         "+callbacks.bench_timer._target_=_common.EpochTimer", "+callbacks.bench_timer.memory=true",
+        f"data.packing={str(args.packing).lower()}", f"data.max_tokens_per_batch={args.max_tokens}",
+        f"trainer.precision={'bf16-mixed' if args.bf16 else '32-true'}",
         *C.QUIET,
     ], out_dir)
     t0 = time.perf_counter()
@@ -58,13 +90,13 @@ def worker_mars(args) -> dict:
     timer = C.find_callback(objs["trainer"], C.EpochTimer)
     ep = timer.epochs[0]
     dm, module = objs["datamodule"], objs["model"]
-    # Held-out margins with mars's own scoring (`mars.evaluation.score_pairs`, as eval.py); validation
-    # during fit is switched off (limit_val_batches=0) so that the held-out set is scored once.
-    from mars.evaluation.pairwise import score_pairs
-
+    # Held-out margins with mars's own scorer (`mars.model.scoring.Scorer`, the run's: eval batch 64,
+    # packed like training under --packing); validation during fit is switched off
+    # (limit_val_batches=0) so that the held-out set is scored once.
     heldout = dm.splits["val"]
     with C.Measure() as m_eval:
-        rc, rr, _ = score_pairs(module, heldout, batch_size=64)
+        scores = dm.loop.scorer.pairs(heldout)
+    rc, rr = scores.r_chosen, scores.r_rejected
     return {
         "framework": "mars", "train_s": ep["train_s"], "train_cpu_s": ep["train_cpu_s"],
         "fit_wall_s": total, "pairs": ep["pairs"], "pairs_offered": args.train,
@@ -135,7 +167,7 @@ def worker_trl(args) -> dict:
     cfg = RewardConfig(
         output_dir=str(tmp / f"trl_out_{args.tag}"), per_device_train_batch_size=args.batch,
         num_train_epochs=1, max_length=args.max_length, report_to=[], use_cpu=True,
-        bf16=False, fp16=False, save_strategy="no", eval_strategy="no", logging_steps=10**6,
+        bf16=args.bf16, fp16=False, save_strategy="no", eval_strategy="no", logging_steps=10**6,
         dataloader_num_workers=0, disable_tqdm=True, seed=42, **recipe,
         # MiniLM's BERT tokenizer has no EOS token, which TRL appends to standard-format text
         # (and fails on None): the BERT separator stands in for it.
@@ -209,6 +241,7 @@ def run_worker(framework: str, args, tmp: Path, tag: str) -> dict:
            "--result", str(out), "--train", str(args.train), "--heldout", str(args.heldout),
            "--max-length", str(args.max_length), "--batch", str(args.batch), "--threads", str(args.threads)]
     cmd += ["--trl-defaults"] if args.trl_defaults else []
+    cmd += ["--max-tokens", str(args.max_tokens)] + (["--packing"] if args.packing else []) + (["--bf16"] if args.bf16 else [])
     with C.Measure(f"{framework} process (load + tokenise + train + held-out scoring)") as m:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -239,6 +272,11 @@ def main() -> None:
     ap.add_argument("--trl-first", action="store_true", help="start with TRL (order effects)")
     ap.add_argument("--trl-defaults", action="store_true",
                     help="TRL with its own recipe (lr 1e-4, gradient checkpointing on) instead of the shared one")
+    ap.add_argument("--packing", action="store_true",
+                    help="mars trains on packed batches (data.packing=true) of up to --max-tokens tokens")
+    ap.add_argument("--max-tokens", type=int, default=2304, help="data.max_tokens_per_batch under --packing")
+    ap.add_argument("--bf16", action="store_true",
+                    help="both in bf16 autocast: mars trainer.precision=bf16-mixed, TRL bf16=True")
     ap.add_argument("--worker", choices=["mars", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="0", help=argparse.SUPPRESS)
@@ -252,7 +290,9 @@ def main() -> None:
         args.train, args.heldout = 48, 40
     load0 = C.begin()
     print(f"train_vs_trl: {args.train} train pairs (first of the file), {args.heldout} held out (last), "
-          f"max_length {args.max_length}, {args.batch} pairs/batch, 1 epoch, fp32, repeats {args.repeats}; "
+          f"max_length {args.max_length}, {args.batch} pairs/batch"
+          f"{f' (mars packed: {args.max_tokens} tokens/batch)' if args.packing else ''}, 1 epoch, "
+          f"{'bf16 autocast' if args.bf16 else 'fp32'}, repeats {args.repeats}; "
           f"loadavg {C.fmt_load(load0)}", flush=True)
     runs = {"mars": [], "trl": []}
     with tempfile.TemporaryDirectory(prefix="mars_bench_trl_") as d:
@@ -277,6 +317,8 @@ def main() -> None:
             "pairs_per_cpu_s": C.median([r["pairs"] / r["train_cpu_s"] for r in rs]),
             "tokens_per_cpu_s": C.median([r["tokens"] / r["train_cpu_s"] for r in rs]),
             "pad_fraction": C.median([r["pad_fraction"] for r in rs]),
+            "batches": rs[0]["batches"], "pairs_per_batch": rs[0]["pairs"] / max(1, rs[0]["batches"]),
+            "tokens_per_batch": rs[0]["tokens"] / max(1, rs[0]["batches"]),
             "peak_rss_mib": C.median([r["memory"]["rss_peak_mib"] for r in rs]),
             "rss_delta_mib": C.median([r["memory"]["rss_delta_mib"] for r in rs]),
             "ru_maxrss_mib": C.median([r["memory"]["ru_maxrss_mib"] for r in rs]),
@@ -296,6 +338,9 @@ def main() -> None:
         ("pairs per CPU-second", "pairs_per_cpu_s", "{:.2f}"),
         ("non-padding tokens per CPU-s", "tokens_per_cpu_s", "{:.0f}"),
         ("padding fraction", "pad_fraction", "{:.3f}"),
+        ("batches (optimiser steps)", "batches", "{:d}"),
+        ("pairs per batch (mean)", "pairs_per_batch", "{:.2f}"),
+        ("non-padding tokens per batch", "tokens_per_batch", "{:.0f}"),
         ("peak RSS during training (MiB)", "peak_rss_mib", "{:.0f}"),
         ("  growth over train start (MiB)", "rss_delta_mib", "{:.0f}"),
         ("  process ru_maxrss (MiB)", "ru_maxrss_mib", "{:.0f}"),

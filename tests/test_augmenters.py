@@ -191,3 +191,20 @@ def test_semantic_config_nests_members(tmp_path):
     assert aug.augment([req(LONG, n=2)]) == aug.inner.augment([req(LONG, n=2)])
     assert set(OmegaConf.to_container(cfg.augmenter)) - {"_target_", "inner", "rewriter"} == set(
         inspect.signature(type(aug)).parameters) - {"inner", "rewriter"}
+
+
+def test_smollm2_configs(tmp_path):
+    """The local SmolLM2 paths as a user spells them (nothing loads until the first variant)."""
+    rewrite = instantiate(compose_member("llm_rewrite", tmp_path, "augmenter.backend=local",
+                                         "augmenter.model=smollm2").augmenter)
+    assert rewrite.backend == "local" and rewrite.model == "smollm2" and rewrite.batch_size == 16
+    assert rewrite.gate.min_similarity == rewrite.min_similarity == 0.5
+    para = instantiate(compose_member("paraphrase", tmp_path, "augmenter.model=smollm2").augmenter)
+    assert para.model == "smollm2" and para.num_beams == 5 and para._model is None
+    assert "{text}" in para.instruction and para.gate.min_similarity == 0.5
+    semantic = instantiate(compose_member(
+        "semantic", tmp_path, "augmenter.rewriter.backend=local", "augmenter.rewriter.model=smollm2",
+        "augmenter.inner.model=smollm2", "augmenter.rewriter.min_similarity=0.3").augmenter)
+    assert semantic.rewriter.backend == "local" and semantic.inner.model == "smollm2"
+    assert semantic.rewriter.gate.min_similarity == 0.3
+    assert "rewrite_candidates" not in semantic.stats  # counters appear once something is judged

@@ -83,15 +83,17 @@ class LLMRewriteAugmenter(Augmenter):
     (``None``: the built-in one). `temperature` is a number or a mapping role → number.
     Every answer goes through the quality gate (mars/augmenters/quality.py): empty, a copy, a
     refusal, an echo of the context or the instruction, longer than `max_length_ratio` × the
-    input, cut off at the token limit, or (with `min_similarity` > 0) less similar to the input
+    input, talk about the response rather than one, shorter than `min_length_ratio` × the input,
+    cut off at the token limit, or (with `min_similarity` > 0) less similar to the input
     than `min_similarity` by `similarity_model` embeddings: dropped and counted
     (`failures_<reason>`). HTTP 429 (honouring Retry-After), 5xx, timeouts, connection errors and
     malformed answers are retried with exponential backoff; a request that still fails is a
     shortfall, retried on the next call. Over HTTP each variant is seeded by (seed, its index).
 
     `backend: local` runs the same chat through a transformers causal LM: prompts sorted by length,
-    `batch_size` per left-padded `generate` call, each batch seeded by (seed, its requests and
-    variant indices), so a rerun of the same requests samples the same variants. A batch stops at
+    `batch_size` per left-padded `generate` call, sampling (temperature, top-k 50) with a generator
+    per variant seeded by (seed, role, text and context, variant index), so a variant does not
+    depend on the rest of its batch and a rerun samples the same variants. A batch stops at
     `max_tokens` new tokens, or earlier at `max_length_ratio` × its longest input's tokens (an
     answer that long would be rejected as too long anyway).
     """
@@ -100,7 +102,8 @@ class LLMRewriteAugmenter(Augmenter):
     retry_shortfall = True
     _identity_fields = ("backend", "model", "temperature", "max_tokens", "system_prompt",
                         "chosen_template", "rejected_template", "prompt_template",
-                        "max_length_ratio", "min_similarity", "similarity_model", "seed")
+                        "max_length_ratio", "min_length_ratio", "min_similarity",
+                        "similarity_model", "seed")
 
     def __init__(self, model: str, base_url: str = "http://localhost:8000/v1",
                  api_key_env: str = "OPENAI_API_KEY", backend: str = "http",
@@ -109,7 +112,8 @@ class LLMRewriteAugmenter(Augmenter):
                  rejected_template: Optional[str] = None, prompt_template: Optional[str] = None,
                  max_length_ratio: float = 3.0, max_concurrency: int = 8, timeout: float = 120.0,
                  max_retries: int = 5, backoff: float = 1.0, batch_size: int = 16,
-                 min_similarity: float = 0.0, similarity_model: str = "minilm",
+                 min_length_ratio: float = 0.0, min_similarity: float = 0.0,
+                 similarity_model: str = "minilm",
                  device: str = "auto", cache_path: Optional[str] = None, seed: int = 0):
         super().__init__(cache_path, seed)
         if backend not in ("http", "local"):
@@ -131,10 +135,12 @@ class LLMRewriteAugmenter(Augmenter):
         self.max_retries = max_retries
         self.backoff = backoff
         self.batch_size = batch_size
+        self.min_length_ratio = min_length_ratio
         self.min_similarity = min_similarity
         self.similarity_model = similarity_model
         self.device = resolve_device(device)
-        self.gate = QualityGate(min_similarity, max_length_ratio, similarity_model, self.device)
+        self.gate = QualityGate(min_similarity, max_length_ratio, similarity_model, self.device,
+                                min_length_ratio)
         self._local_model = None
 
     def _generate(self, requests: Sequence[VariantRequest]) -> list[list[str]]:
@@ -241,14 +247,12 @@ class LLMRewriteAugmenter(Augmenter):
         done = tokens = 0
         for chunk in batches:
             temperature = self._temperature(jobs[chunk[0]][0])
-            sampling = ({"do_sample": True, "temperature": temperature} if temperature > 0
-                        else {"do_sample": False})
             limit = min(self.max_tokens,
                         math.ceil(self.max_length_ratio * max(sizes[j] for j in chunk)) + 16)
-            seed = stable_seed(self.seed, *(f"{jobs[j][0].role}:{self._text_key(jobs[j][0])}:"
-                                            f"{jobs[j][1]}" for j in chunk))
-            answers = local_lm.generate(tokenizer, model, [prompts[j] for j in chunk], limit,
-                                        seed, **sampling)
+            seeds = [stable_seed(self.seed, jobs[j][0].role, self._text_key(jobs[j][0]), jobs[j][1])
+                     for j in chunk]  # a variant's own seed: independent of its batch
+            answers = local_lm.generate(tokenizer, model, [prompts[j] for j in chunk], limit, 0,
+                                        **local_lm.sampling(temperature, seeds, model.device))
             for j, (answer,) in zip(chunk, answers):
                 failure = None
                 if not answer.finished:  # cut off: too long for its input, or at max_tokens

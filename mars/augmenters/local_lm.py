@@ -1,6 +1,7 @@
 """Batched generation with a local transformers causal LM (llm_rewrite `backend: local`, and
-paraphrase through a chat model): left padding, one `generate` per batch, a seed per batch that
-leaves the global RNG (training's) untouched."""
+paraphrase through a chat model): left padding, one `generate` per batch, the global RNG
+(training's) left untouched; sampling with one generator per row (`sampling`), so that a row's
+answer does not depend on the other rows of its batch."""
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -47,6 +48,45 @@ def encode_chat(tokenizer, content: str, system: Optional[str] = None) -> list[i
         messages.insert(0, {"role": "system", "content": system})
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class RowSampler:
+    """A logits processor that samples each row with its own generator (temperature, then top-k,
+    then top-p, as transformers' sampling) and keeps only that token, so that greedy decoding
+    emits it: row j's draws never depend on the other rows of its batch."""
+
+    def __init__(self, generators: list[torch.Generator], temperature: float, top_k: int = 50,
+                 top_p: float = 1.0):
+        self.generators, self.temperature = generators, temperature
+        self.top_k, self.top_p = top_k, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature
+        if 0 < self.top_k < scores.shape[-1]:
+            kth = scores.topk(self.top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        if self.top_p < 1.0:  # nucleus: the smallest top set with mass >= top_p
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p >= self.top_p
+            probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        tokens = torch.cat([torch.multinomial(p, 1, generator=g)
+                            for p, g in zip(probs, self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, tokens[:, None], 0.0)
+
+
+def sampling(temperature: float, seeds: list[int], device, top_k: int = 50,
+             top_p: float = 1.0) -> dict:
+    """`generate` keyword arguments: greedy for temperature 0, else one generator per row."""
+    if temperature <= 0:
+        return {"do_sample": False}
+    from transformers import LogitsProcessorList
+
+    generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+    return {"do_sample": False,
+            "logits_processor": LogitsProcessorList([RowSampler(generators, temperature, top_k,
+                                                                top_p)])}
 
 
 def _eos_ids(tokenizer, model) -> set[int]:

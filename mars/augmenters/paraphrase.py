@@ -2,6 +2,8 @@
 seq2seq paraphraser (the paper's) or, when none is at hand, a local chat model ("smollm2")."""
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import replace
 from typing import Optional, Sequence
 
@@ -11,6 +13,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from mars.augmenters.base import (Augmenter, VariantRequest, distinct_variants, resolve_device,
                                   stable_seed)
 from mars.augmenters.quality import Candidate, QualityGate, instruction_of
+
+log = logging.getLogger(__name__)
 
 CHAT_INSTRUCTION = """\
 Paraphrase the text below: say the same thing in different words, keeping its meaning, facts, \
@@ -28,7 +32,8 @@ class ParaphraseAugmenter(Augmenter):
     Beam search is deterministic, so the seed does not enter the cache key: a seed sweep reuses the
     paraphrases. Up to `num_return_sequences` distinct variants per text (copies of the input and
     repeats removed) that pass the quality gate (mars/augmenters/quality.py: empty, copy,
-    refusal, an echo of the instruction, over `max_length_ratio` × the input's characters, and,
+    refusal, an echo of the instruction, over `max_length_ratio` or under `min_length_ratio` ×
+    the input's characters, talk about the text rather than a paraphrase of it, and,
     with `min_similarity` > 0, similarity to the input); a paraphrase cut at the token limit is
     kept, as in the paper, and counted as `clipped`. All are cached, so asking for fewer first and
     more later costs nothing. The model loads on first use.
@@ -36,8 +41,8 @@ class ParaphraseAugmenter(Augmenter):
 
     _identity_fields = ("model", "template", "instruction", "num_beams", "num_return_sequences",
                         "no_repeat_ngram_size", "max_new_tokens", "max_new_tokens_prompt",
-                        "max_input_tokens", "max_length_ratio", "min_similarity",
-                        "similarity_model")
+                        "max_input_tokens", "max_length_ratio", "min_length_ratio",
+                        "min_similarity", "similarity_model")
 
     def __init__(self, model: str = "humarin/chatgpt_paraphraser_on_T5_base",
                  template: str = "paraphrase: {text}", num_beams: int = 5,
@@ -45,7 +50,8 @@ class ParaphraseAugmenter(Augmenter):
                  max_new_tokens: int = 192, max_new_tokens_prompt: int = 128,
                  max_input_tokens: int = 256, batch_size: int = 8,
                  instruction: Optional[str] = None, max_length_ratio: float = 3.0,
-                 min_similarity: float = 0.0, similarity_model: str = "minilm",
+                 min_length_ratio: float = 0.0, min_similarity: float = 0.0,
+                 similarity_model: str = "minilm",
                  device: str = "auto", cache_path: Optional[str] = None, seed: int = 0):
         super().__init__(cache_path, seed)
         self.model = model
@@ -59,10 +65,12 @@ class ParaphraseAugmenter(Augmenter):
         self.batch_size = batch_size
         self.instruction = instruction or CHAT_INSTRUCTION
         self.max_length_ratio = max_length_ratio
+        self.min_length_ratio = min_length_ratio
         self.min_similarity = min_similarity
         self.similarity_model = similarity_model
         self.device = resolve_device(device)
-        self.gate = QualityGate(min_similarity, max_length_ratio, similarity_model, self.device)
+        self.gate = QualityGate(min_similarity, max_length_ratio, similarity_model, self.device,
+                                min_length_ratio)
         self._tokenizer = self._model = None
         self._chat = False  # a decoder-only chat model rather than a seq2seq paraphraser
 
@@ -87,6 +95,8 @@ class ParaphraseAugmenter(Augmenter):
             budget = self.max_new_tokens_prompt if req.role == "prompt" else self.max_new_tokens
             by_budget.setdefault(budget, []).append(i)
         out: list[list[str]] = [[] for _ in requests]
+        start = last_log = time.monotonic()
+        done, tokens_before = 0, self._stats["tokens"]
         for budget, idx in by_budget.items():
             idx.sort(key=lambda i: len(requests[i].text))  # similar lengths per batch: less padding
             for b in range(0, len(idx), self.batch_size):
@@ -102,6 +112,13 @@ class ParaphraseAugmenter(Augmenter):
                     kept = [v.text for v in verdicts if v.reason is None]
                     out[i] = distinct_variants(req.text, kept)
                     self._stats["duplicates"] += len(kept) - len(out[i])
+                done, now = done + len(chunk), time.monotonic()
+                if now - last_log >= self.log_every or done == len(requests):
+                    elapsed = max(now - start, 1e-9)
+                    log.info("paraphrase (%s): %d/%d texts, %.1f tokens/s, %.2f texts/s",
+                             self.model, done, len(requests),
+                             (self._stats["tokens"] - tokens_before) / elapsed, done / elapsed)
+                    last_log = now
         return out
 
     def _paraphrase_chat(self, texts: list[str], max_new_tokens: int) -> list[list[str]]:

@@ -8,7 +8,10 @@ rewriter and inner member) passes its candidates through one `QualityGate` befor
 - rules, in this order: ``error`` (no answer), ``empty``, ``copy`` (unchanged), ``refusal`` (a
   refusal of a text that is none), ``echo`` (the prompt, the other response, or the instruction's
   first line repeated), ``too_long`` (over `max_length_ratio` × the source's characters),
-  ``truncated`` (the generator stopped at its token limit, where the member says so);
+  ``meta`` (talk about the response instead of one: "the rewritten response", "the original
+  answer", "this response" where the source has no such words), ``too_short`` (under
+  `min_length_ratio` × the source's characters: a summary, not a rewrite), ``truncated`` (the
+  generator stopped at its token limit, where the member says so);
 - ``low_similarity``: cosine similarity of the sentence embeddings of variant and source below
   `min_similarity` (a variant that drifted off-topic never becomes a training pair).
 
@@ -29,7 +32,13 @@ from mars.augmenters.base import VariantRequest
 # Openings of a refusal; a text that itself opens this way (a safe chosen response) may keep one.
 REFUSALS = ("i can't", "i cannot", "i can not", "i'm sorry", "i am sorry", "sorry, but",
             "as an ai", "i'm unable", "i am unable", "i won't", "i will not")
-REASONS = ("error", "empty", "copy", "refusal", "echo", "too_long", "truncated", "low_similarity")
+REASONS = ("error", "empty", "copy", "refusal", "echo", "too_long", "meta", "too_short",
+           "truncated", "low_similarity")
+# A rewrite that talks about the response (a small model's habit) rather than being one.
+META = ("rewritten response", "rewritten version", "rewritten text", "rewritten answer",
+        "original response", "original answer", "original text", "alternative response",
+        "previous response", "paraphrased version", "paraphrased text", "this response",
+        "the response above", "the given response", "the given text")
 
 
 _PREAMBLE = re.compile(  # "Sure! Here's the rewritten response:\n", "Rewritten response: "
@@ -78,7 +87,7 @@ class Candidate(NamedTuple):
 
 
 def rule_violation(text: str, req: VariantRequest, instruction: str = "",
-                   max_length_ratio: float = 3.0) -> Optional[str]:
+                   max_length_ratio: float = 3.0, min_length_ratio: float = 0.0) -> Optional[str]:
     """Why `text` is not a usable variant of `req.text` by the rules (no model), or None."""
     text = text.strip()
     if not text:
@@ -91,6 +100,11 @@ def rule_violation(text: str, req: VariantRequest, instruction: str = "",
         return "echo"
     if len(text) > max_length_ratio * len(req.text):
         return "too_long"
+    lower, source = text.lower(), req.text.lower()
+    if any(m in lower and m not in source for m in META):
+        return "meta"
+    if len(text) < min_length_ratio * len(req.text.strip()):
+        return "too_short"
     return None
 
 
@@ -138,11 +152,12 @@ class QualityGate:
     """Rules, then (when `min_similarity` > 0 or `trace` is a list) similarity to the source."""
 
     def __init__(self, min_similarity: float = 0.0, max_length_ratio: float = 3.0,
-                 embedder: str = "minilm", device: str = "cpu"):
+                 embedder: str = "minilm", device: str = "cpu", min_length_ratio: float = 0.0):
         if not -1.0 <= min_similarity <= 1.0:
             raise ValueError(f"min_similarity={min_similarity} is not a cosine in [-1, 1]")
         self.min_similarity = min_similarity
         self.max_length_ratio = max_length_ratio
+        self.min_length_ratio = min_length_ratio
         self.embedder = Embedder(embedder, device)
         self.trace: Optional[list[dict]] = None  # a list: every candidate judged is appended
 
@@ -152,7 +167,7 @@ class QualityGate:
         stats["cleaned"] += sum(t is not None and t != c.text.strip()
                                 for c, t in zip(candidates, texts))
         reasons = [c.failure or ("error" if t is None else rule_violation(
-            t, c.request, c.instruction, self.max_length_ratio))
+            t, c.request, c.instruction, self.max_length_ratio, self.min_length_ratio))
             for c, t in zip(candidates, texts)]
         measure = self.trace is not None
         sims: list[Optional[float]] = [None] * len(candidates)
