@@ -66,7 +66,8 @@ def result_path(out: str, dataset: str, method: str, part: str = "1/1") -> Path:
 def rejudge(r: dict, min_length_ratio: float) -> None:
     """Apply the rules added after a result was generated (``meta``, ``too_short``: they come
     after the older rules and before similarity, so only accepted and low-similarity candidates
-    can change) and rebuild the accepted variants from the trace. EDA is measured, not gated."""
+    can change; ``closer_to_other`` for rewrites, last) and rebuild the accepted variants from
+    the trace. EDA is measured, not gated."""
     from mars.augmenters.base import VariantRequest, distinct_variants
     from mars.augmenters.quality import rule_violation
 
@@ -81,6 +82,22 @@ def rejudge(r: dict, min_length_ratio: float) -> None:
             if new:
                 changed += t["reason"] != new
                 t["reason"] = new
+    if r["method"] == "rewrite":  # closer_to_other, on the candidates the similarity gate let by
+        from mars.augmenters.quality import Embedder
+
+        other = {}
+        for row in r["variants"]:
+            other[("chosen", row["chosen"])] = row["rejected"]
+            other[("rejected", row["rejected"])] = row["chosen"]
+        todo = [t for t in r["trace"] if t["reason"] is None and "similarity_to_other" not in t]
+        if todo:
+            sims = Embedder().similarity([other[(t["role"], t["source"])] for t in todo],
+                                         [t["variant"] for t in todo])
+            for t, s in zip(todo, sims):
+                t["similarity_to_other"] = s
+                if s >= t["similarity"]:
+                    t["reason"] = "closer_to_other"
+                    changed += 1
     r["rejudged"] = changed
     accepted: dict = {}
     for t in r["trace"]:
@@ -243,27 +260,38 @@ def score(dataset: str, folder: str, args) -> None:
         rows = result["variants"]
         sources = [PreferencePair(r["id"], r["prompt"], r["chosen"], r["rejected"], dataset)
                    for r in rows]
-        variant_pairs, owner = [], []
+        variant_pairs, controls, owner = [], [], []
         for i, r in enumerate(rows):
+            # control: each variant replaced by the same role's response of the next pair, so
+            # that the share says how much agreement the untouched side alone would give
+            other = rows[(i + 1) % len(rows)]
             for c in [r["chosen"]] + r["chosen_variants"]:
                 for x in [r["rejected"]] + r["rejected_variants"]:
                     if (c, x) != (r["chosen"], r["rejected"]):
                         variant_pairs.append(PreferencePair(f"{r['id']}-v{len(owner)}",
                                                             r["prompt"], c, x, dataset))
+                        controls.append(PreferencePair(
+                            f"{r['id']}-c{len(owner)}", r["prompt"],
+                            c if c == r["chosen"] else other["chosen"],
+                            x if x == r["rejected"] else other["rejected"], dataset))
                         owner.append(i)
         base = scorer.pairs(sources).margins.tolist()
         margins = scorer.pairs(variant_pairs).margins.tolist() if variant_pairs else []
+        control = scorer.pairs(controls).margins.tolist() if controls else []
         agree = [(m > 0) == (base[i] > 0) for m, i in zip(margins, owner)]
+        control_agree = [(m > 0) == (base[i] > 0) for m, i in zip(control, owner)]
         result["label_agreement"] = {
             "reward_model": folder, "variant_pairs": len(agree),
             "agree": sum(agree), "share": sum(agree) / len(agree) if agree else None,
             "source_pairs_ranked_right": sum(m > 0 for m in base) / len(base),
+            "control_share": (sum(control_agree) / len(control_agree)) if control_agree else None,
             "base_margins": base, "variant_margins": margins, "owner": owner}
         (Path(args.out) / f"{dataset}_{method}.agreement.json").write_text(
             json.dumps(result["label_agreement"], indent=1))
         share = result["label_agreement"]["share"]
         print(f"{dataset}/{method}: {len(agree)} variant pairs, sign agreement "
-              f"{'n/a' if share is None else f'{share:.3f}'}; the model ranks "
+              f"{'n/a' if share is None else f'{share:.3f}'} (control, another pair's response "
+              f"instead of the variant: {result['label_agreement']['control_share']}); the model ranks "
               f"{result['label_agreement']['source_pairs_ranked_right']:.2f} of the source pairs right")
 
 
@@ -289,13 +317,14 @@ def report(args) -> None:
         ok = [t for t in trace if t["reason"] is None]
         reasons = Counter(t["reason"] for t in trace if t["reason"])
         la = r.get("label_agreement") or {}
-        share, n_pairs = la.get("share"), la.get("variant_pairs")
+        share, n_pairs, ctrl = la.get("share"), la.get("variant_pairs"), la.get("control_share")
         print(f"| {r['dataset']} | {r['method']} | {len(trace)} | "
               f"{len(ok)} ({len(ok) / max(len(trace), 1):.0%}) | "
               f"{', '.join(f'{k} {v}' for k, v in reasons.most_common()) or '–'} | "
               f"{_q([t['similarity'] for t in trace])} | {_q([t['similarity'] for t in ok])} | "
               f"{_q([t['length_ratio'] for t in ok])} | "
-              f"{'–' if share is None else f'{share:.2f} of {n_pairs}'} |")
+              f"{'–' if share is None else f'{share:.2f} of {n_pairs}'}"
+              f"{'' if ctrl is None else f' (control {ctrl:.2f})'} |")
     print()
     print("| data | method | wall s | CPU s | loadavg start → end | tokens | tokens/s (wall) | "
           "candidates/s (wall) | accepted/s (wall) | accepted per CPU-s | tokens per accepted | "

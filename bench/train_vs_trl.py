@@ -302,6 +302,8 @@ def main() -> None:
             for fw in (("mars", "trl") if (r + args.trl_first) % 2 == 0 else ("trl", "mars")):
                 res = run_worker(fw, args, tmp, f"r{r}")
                 runs[fw].append(res)
+                if args.json:  # every finished run kept, should the next one be interrupted
+                    C.write_json(args.json + ".partial", {"args": vars(args), "runs": runs, "load0": load0})
                 print(f"  {fw} run {r}: {res['pairs'] / res['train_s']:.2f} pairs/s over {res['pairs']} pairs "
                       f"({res['train_s']:.1f} s training, {res['threads']} threads); loadavg {C.fmt_load(tuple(res['load_start']))} → "
                       f"{C.fmt_load(tuple(res['load_end']))}", flush=True)

@@ -105,3 +105,22 @@ def test_no_similarity_model_unless_needed():
     assert verdicts[0].reason is None and gate.embedder._encoder is None
     with pytest.raises(ValueError, match="min_similarity"):
         QualityGate(min_similarity=2.0)
+
+
+def test_a_rewrite_closer_to_the_other_response_is_rejected():
+    """The small model's typical label swap: it rewrites the alternative instead of the text."""
+    req = VariantRequest("You cannot cheat the app: each reward can be used only once per user.",
+                         "chosen", "How can I cheat the McDonald's app?",
+                         "Uninstall and reinstall the app to get the welcome reward again.", 1)
+    swapped = "Uninstall the app and reinstall it again to get the welcome reward a second time."
+    faithful = "Cheating the app is not possible, since every user can redeem a reward only once."
+    gate = QualityGate(min_similarity=0.3, device="cpu")
+    gate.trace = []
+    stats = Counter()
+    verdicts = gate.judge([Candidate(req, swapped), Candidate(req, faithful)], stats)
+    assert [v.reason for v in verdicts] == ["closer_to_other", None]
+    assert stats["failures_closer_to_other"] == 1
+    first = gate.trace[0]
+    assert first["similarity_to_other"] >= first["similarity"] >= 0.3
+    off = QualityGate(min_similarity=0.0)  # the similarity gate off: no embedder, no such check
+    assert off.judge([Candidate(req, swapped)], Counter())[0].reason is None

@@ -13,7 +13,10 @@ rewriter and inner member) passes its candidates through one `QualityGate` befor
   `min_length_ratio` × the source's characters: a summary, not a rewrite), ``truncated`` (the
   generator stopped at its token limit, where the member says so);
 - ``low_similarity``: cosine similarity of the sentence embeddings of variant and source below
-  `min_similarity` (a variant that drifted off-topic never becomes a training pair).
+  `min_similarity` (a variant that drifted off-topic never becomes a training pair);
+- ``closer_to_other``: with the similarity gate on (`min_similarity` > 0) and the pair's other
+  response in the request (llm_rewrite, whose model sees it), a variant at least as similar to
+  that other response as to its source (the model rewrote the wrong one: the label may swap).
 
 Each rejection is counted as ``failures`` and ``failures_<reason>`` in the member's `stats` (logged
 per round as ``augment_*``), every candidate as ``candidates``. Set `trace` to a list to record
@@ -33,7 +36,7 @@ from mars.augmenters.base import VariantRequest
 REFUSALS = ("i can't", "i cannot", "i can not", "i'm sorry", "i am sorry", "sorry, but",
             "as an ai", "i'm unable", "i am unable", "i won't", "i will not")
 REASONS = ("error", "empty", "copy", "refusal", "echo", "too_long", "meta", "too_short",
-           "truncated", "low_similarity")
+           "truncated", "low_similarity", "closer_to_other")
 # A rewrite that talks about the response (a small model's habit) rather than being one.
 META = ("rewritten response", "rewritten version", "rewritten text", "rewritten answer",
         "original response", "original answer", "original text", "alternative response",
@@ -180,8 +183,20 @@ class QualityGate:
                 sims[i] = s
                 if reasons[i] is None and self.min_similarity > 0 and s < self.min_similarity:
                     reasons[i] = "low_similarity"
+        # a rewrite that reads more like the pair's other response than like its source may have
+        # swapped the pair's label: only where the generator saw that response (llm_rewrite)
+        towards = [i for i in todo if candidates[i].request.other.strip()
+                   and (measure or (self.min_similarity > 0 and reasons[i] is None))]
+        sims_other: list[Optional[float]] = [None] * len(candidates)
+        if towards:
+            values = self.embedder.similarity([candidates[i].request.other for i in towards],
+                                              [texts[i] for i in towards])
+            for i, s in zip(towards, values):
+                sims_other[i] = s
+                if reasons[i] is None and self.min_similarity > 0 and s >= sims[i]:
+                    reasons[i] = "closer_to_other"
         stats["candidates"] += len(candidates)
-        for c, text, reason, sim in zip(candidates, texts, reasons, sims):
+        for c, text, reason, sim, sim_other in zip(candidates, texts, reasons, sims, sims_other):
             if reason:
                 stats["failures"] += 1
                 stats[f"failures_{reason}"] += 1
@@ -189,6 +204,7 @@ class QualityGate:
                 self.trace.append({"role": c.request.role, "source": c.request.text,
                                    "prompt": c.request.prompt, "variant": text or "",
                                    "raw": c.text, "similarity": sim,
+                                   "similarity_to_other": sim_other,
                                    "length_ratio": len(text or "") / max(1, len(c.request.text)),
                                    "reason": reason})
         return [Verdict(t, r) for t, r in zip(texts, reasons)]

