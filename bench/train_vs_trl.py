@@ -44,31 +44,9 @@ HERE = Path(__file__).resolve()
 # ---------------------------------------------------------------------------------------------
 # Workers (child processes)
 
-def allow_clipping_fused_bf16() -> None:
-    """Lightning's MixedPrecision refuses gradient clipping with a fused optimiser ("performs
-    unscaling of gradients internally") even under bf16-mixed, where there is no grad scaler and
-    so nothing to unscale: mars's default (fused AdamW, gradient_clip_val 1.0) then fails at its
-    first step. Here, in this worker only, bf16 clipping goes straight to the plain precision
-    plugin's clipping (clip_grad_norm_ on the fp32 gradients), which is what it would do."""
-    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-    from lightning.pytorch.utilities import GradClipAlgorithmType
-
-    original = MixedPrecision.clip_gradients
-
-    def clip_gradients(self, optimizer, clip_val=0.0, gradient_clip_algorithm=GradClipAlgorithmType.NORM):
-        if self.scaler is None:  # bf16: gradients are never scaled
-            return Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
-        return original(self, optimizer, clip_val, gradient_clip_algorithm)
-
-    MixedPrecision.clip_gradients = clip_gradients
-
-
 def worker_mars(args) -> dict:
     C.quiet_logging()
     import train as train_script
-
-    if args.bf16:
-        allow_clipping_fused_bf16()
 
     tmp = Path(args.tmp)
     out_dir = tmp / f"mars_run_{args.tag}"

@@ -38,6 +38,15 @@ def test_training_changes_every_trainable_parameter(tiny_cfg):
     assert metrics["test/acc"] == pytest.approx(acc, abs=1e-6) and len(dump["ids"]) == 32
 
 
+def test_bf16_mixed_precision_trains_with_gradient_clipping(tmp_path):
+    """trainer=gpu and trainer=ddp use bf16-mixed with clipping; the AMP plugin refuses a fused AdamW."""
+    cfg = compose_config("train", TINY + ["backbone=tiny_llama", "trainer.precision=bf16-mixed",
+                                          "trainer.max_epochs=1", "test=false", "export=false"], tmp_path)
+    assert cfg.trainer.gradient_clip_val > 0
+    metrics, objects = train(cfg)
+    assert objects["trainer"].global_step == 12 and metrics["train/loss"] == metrics["train/loss"]
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.25, None])
 def test_backbone_dropout_sets_every_dropout(dropout, tmp_path):
     from mars.model.backbone import load_network, load_tokenizer

@@ -161,7 +161,9 @@ class RewardModule(L.LightningModule):
             if p.requires_grad:
                 lr = cfg.head_lr if (cfg.head_lr and id(p) in head) else cfg.lr
                 groups.setdefault((lr, cfg.weight_decay if p.ndim >= 2 else 0.0), []).append(p)
-        fused = all(p.device.type in ("cpu", "cuda") and not is_sharded(p) for ps in groups.values() for p in ps)
+        # Lightning's mixed-precision plugin refuses gradient clipping with a fused optimiser
+        fused = "mixed" not in str(self.trainer.precision) and all(
+            p.device.type in ("cpu", "cuda") and not is_sharded(p) for ps in groups.values() for p in ps)
         optimizer = torch.optim.AdamW(
             [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()],
             betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)  # one kernel per step (3x foreach on CPU)
