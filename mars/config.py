@@ -94,6 +94,9 @@ class BackboneConfig:
     chat_template: str = "auto"  # auto: use the tokenizer's chat template where it has one | never
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    # null: transformers' default (SDPA; mars gives it a variable-length path for packed batches);
+    # flash_attention_2 on CUDA where flash-attn is installed; eager
+    attn_implementation: Optional[str] = None
     # Every dropout of the model (attention, hidden, head); null keeps the checkpoint's. Off by
     # default, as in TRL and OpenRLHF: it adds noise to each pair's margin, and on CPU attention
     # dropout also forces the unfused attention path (a step is ~25% slower, docs/benchmarks.md).

@@ -13,24 +13,29 @@ from mars.config import FinetuneConfig, LossConfig, OptimConfig, validate
 from mars.data.batch import TokenBudgetSampler
 from mars.data.demo import demo_splits
 from mars.data.format import PairFormatter
+from mars.model.attention import VARLEN_SDPA
 from mars.model.module import RewardModule
 from mars.model.scoring import Scorer
 from tests.conftest import TINY, compose_config
 from train import train
 
 
-def build(name: str, tmp_path) -> RewardModule:
+def build(name: str, tmp_path, *overrides: str) -> RewardModule:
     torch.manual_seed(0)
-    typed = validate(compose_config("train", [f"backbone={name}", "+backbone.config_overrides.initializer_range=0.3"],
-                                    tmp_path))
+    typed = validate(compose_config("train", [f"backbone={name}", "+backbone.config_overrides.initializer_range=0.3",
+                                              *overrides], tmp_path))
     module = RewardModule(typed["backbone"], FinetuneConfig(), OptimConfig(), LossConfig())
     module.configure_model()
     return module.eval()
 
 
+@pytest.mark.parametrize("attention", ["default", "eager"])
 @pytest.mark.parametrize("name", ["tiny", "tiny_llama", "tiny_qwen2"])
-def test_packed_scores_equal_padded_scores(name, tmp_path):
-    module = build(name, tmp_path)
+def test_packed_scores_equal_padded_scores(name, attention, tmp_path, monkeypatch):
+    module = build(name, tmp_path, *([] if attention == "default" else [f"backbone.attn_implementation={attention}"]))
+    if attention == "default":  # SDPA per sequence, never the T × T block mask of the whole pack
+        assert module.model.net.config._attn_implementation == VARLEN_SDPA
+        monkeypatch.setattr("mars.model.reward_model.block_mask", None)
     pairs = demo_splits(40, 10, 30, seed=0)["test"]
     cfg = module.backbone_cfg
     scorer = lambda **kw: Scorer(PairFormatter(module.tokenizer, cfg.max_length, cfg.min_prompt_tokens),  # noqa: E731

@@ -9,8 +9,9 @@ taken out as `head`; what is left computes φ, the head's input:
 `forward(batch)` returns the rewards and φ, so the prediction pass and the diagnostics need no
 hooks. A batch is padded (`input_ids`, `attention_mask`: one row per sequence) or packed
 (`input_ids` and `position_ids` of one row holding every sequence, `seq_lengths`): attention then
-stays within each sequence, through flash-attention's variable-length path where the network runs
-on it, otherwise through a block-diagonal mask.
+stays within each sequence, through a variable-length path (flash-attention's where the network
+runs on it, else SDPA per sequence: mars.model.attention), or a block-diagonal mask for
+attention implementations that have none (eager).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from typing import Optional, Protocol
 
 import torch
 from torch import nn
+
+from mars.model.attention import VARLEN_SDPA
 
 
 class Trunk(Protocol):
@@ -89,6 +92,8 @@ class RewardModel(nn.Module):
         super().__init__()
         self.net, self.decoder = net, decoder
         self.head_path, self.head = final_linear(net)
+        if net.config._attn_implementation == "sdpa":  # the same SDPA, with a packed path
+            net.set_attn_implementation(VARLEN_SDPA)
         set_submodule(net, self.head_path, nn.Identity())
         self.trunk: Optional[Trunk] = None  # set by the head / top_layers fine-tuning modes
 
@@ -116,11 +121,16 @@ class RewardModel(nn.Module):
                         seq_lengths: torch.Tensor) -> torch.Tensor:
         """φ of every sequence of one packed row."""
         ends = seq_lengths.cumsum(0) - 1
-        mask = None
-        if not str(getattr(self.net.config, "_attn_implementation", "")).startswith("flash_attention"):
-            mask = additive_mask(block_mask(seq_lengths, causal=self.decoder), self.net.dtype)
-        hidden = self.net.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                                     **({"use_cache": False} if self.decoder else {})).last_hidden_state[0]
+        kwargs = {"use_cache": False} if self.decoder else {}
+        implementation = self.net.config._attn_implementation
+        if implementation == VARLEN_SDPA or implementation.startswith("flash_attention"):
+            cu = torch.cat([ends.new_zeros(1), ends + 1]).to(torch.int32)
+            width = int(seq_lengths.max())
+            kwargs.update(attention_mask=None, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                          max_length_q=width, max_length_k=width)
+        else:
+            kwargs["attention_mask"] = additive_mask(block_mask(seq_lengths, causal=self.decoder), self.net.dtype)
+        hidden = self.net.base_model(input_ids=input_ids, position_ids=position_ids, **kwargs).last_hidden_state[0]
         if self.decoder:
             return hidden[ends]
         return self.encoder_tail(hidden[ends - seq_lengths + 1][:, None, :])
