@@ -15,13 +15,13 @@ Measured here, the configurations alternating within each repeat so that all see
 * **matmul:** `a @ b` of two n×n matrices (2n³ FLOP) in fp32 and in bf16, for each `--sizes` n,
   the best and the median of `--repeats`.
 * **training step** of the MiniLM reward model: zero_grad, one forward over chosen and rejected
-  sequences, Bradley-Terry loss, backward, gradient clipping at 1.0, fused AdamW (what Lightning
+  sequences, Bradley-Terry loss, backward, gradient clipping at 1.0, AdamW (fused in fp32, not under bf16: what Lightning
   runs per batch), averaged over `--batches` batches of `--pairs` pairs drawn as mars's training
   sampler draws them from the first `--pool` HH-RLHF pairs (max length `--max-length`). In fp32
   (`trainer.precision=32-true`) and in bf16 autocast on the forward with fp32 weights, gradients
   and optimiser (what `trainer.precision=bf16-mixed` does on CPU: `torch.autocast("cpu",
   dtype=torch.bfloat16)`); and for the same pairs padded (`Collator`) and packed
-  (`PackedCollator`, `data.packing=true`: one row, a block-diagonal attention mask). The model
+  (`PackedCollator`, `data.packing=true`: one row, attention per sequence). The model
   and batches are built with mars's own code (`RewardModule.configure_model`, `PairFormatter`,
   the collators); each configuration trains its own copy of the same initial weights. Median of
   `--steps` timed passes after one warm-up pass.
@@ -115,7 +115,8 @@ def step_fn(module, optim_cfg, bf16: bool):
     from mars.model.loss import bradley_terry_loss
 
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay, fused=True)
+    # as RewardModule.configure_optimizers: fused in fp32, not under mixed precision
+    opt = torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay, fused=not bf16)
     module.train()
 
     def step(batch):
@@ -182,7 +183,7 @@ def main() -> None:
     slots = {k: sum(C.batch_tokens(b)[1] for b in v) / len(v) for k, v in layouts.items()}
     train = {f"{c[0]} {c[1]}": {"median_s": C.median(ts), "best_s": min(ts), "times_s": ts,
                                 "tokens_per_s": tokens[c[0]] / C.median(ts)} for c, ts in times.items()}
-    print(f"  training step (zero_grad, forward, loss, backward, clip, fused AdamW), {args.pairs} pairs a batch, "
+    print(f"  training step (zero_grad, forward, loss, backward, clip, AdamW), {args.pairs} pairs a batch, "
           f"mean of {args.batches} batches, median of {args.steps}; loadavg {C.fmt_load(load_s)} → {C.fmt_load(load_e)}")
     for k in layouts:
         print(f"    {k}: shapes {shapes[k]}, {tokens[k]:.0f} non-padding tokens a batch "
