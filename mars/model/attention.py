@@ -29,7 +29,7 @@ def varlen_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, is_causal=is_causal, **kwargs)
     # one SDPA call per sequence on views of the pack: exact Σ L² work, no padded copies
-    # (1.3× faster than regrouping into padded rows, 5.5× than the block mask, 1 CPU thread);
+    # (1.6× faster than regrouping into padded rows, 6.5× than the block mask, 1 CPU thread);
     # split, not slicing: its backward is one concatenation, not a zero-filled pack per sequence
     lengths = cu_seq_lens_q.diff().tolist()
     outputs = [sdpa_attention_forward(module, q, k, v, None, is_causal=is_causal, **kwargs)[0]
