@@ -96,3 +96,8 @@ def test_eval_packing_from_the_command_line(tmp_path):
         (out[packing],) = evaluate(cfg).values()
     for k in ("acc", "auc", "margin_mean", "snr"):
         assert out["true"]["metrics"][k]["value"] == pytest.approx(out["false"]["metrics"][k]["value"], abs=1e-4)
+
+
+def test_an_unknown_attention_implementation_names_the_setting(tmp_path):
+    with pytest.raises(ValueError, match="backbone.attn_implementation=flash_atention_2"):
+        build("tiny_llama", tmp_path, "backbone.attn_implementation=flash_atention_2")

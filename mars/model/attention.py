@@ -23,9 +23,10 @@ VARLEN_SDPA = "mars_varlen_sdpa"
 
 
 def varlen_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-                        value: torch.Tensor, attention_mask, cu_seq_lens_q=None, max_length_q=None,
-                        cu_seq_lens_k=None, max_length_k=None, is_causal=None, **kwargs):
-    """[1, heads, T, d] packed query/key/value → [1, T, heads, d], attention within each sequence."""
+                        value: torch.Tensor, attention_mask, cu_seq_lens_q=None, is_causal=None,
+                        **kwargs):
+    """[1, heads, T, d] packed query/key/value → [1, T, heads, d], attention within each sequence
+    (flash-attention's other arguments, `max_length_q` and the `_k` twins, are not needed here)."""
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, is_causal=is_causal, **kwargs)
     # one SDPA call per sequence on views of the pack: exact Σ L² work, no padded copies

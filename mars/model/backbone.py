@@ -147,13 +147,18 @@ def load_network(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase, **kwar
     """`AutoModelForSequenceClassification` (num_labels=1, pad_token_id set and checked), its
     embeddings grown to the tokenizer's vocabulary when mars added a pad token."""
     config = model_config(cfg, tokenizer)
-    if cfg.random_init or cfg.model_type:
-        net = AutoModelForSequenceClassification.from_config(
-            config, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
-    else:
-        net = AutoModelForSequenceClassification.from_pretrained(
-            resolve(cfg.name_or_path), config=config, trust_remote_code=cfg.trust_remote_code,
-            attn_implementation=cfg.attn_implementation, **kwargs)
+    try:
+        if cfg.random_init or cfg.model_type:
+            net = AutoModelForSequenceClassification.from_config(
+                config, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+        else:
+            net = AutoModelForSequenceClassification.from_pretrained(
+                resolve(cfg.name_or_path), config=config, trust_remote_code=cfg.trust_remote_code,
+                attn_implementation=cfg.attn_implementation, **kwargs)
+    except (ValueError, ImportError) as e:  # an unknown name, or flash-attn not installed
+        if cfg.attn_implementation and any(w in str(e).lower() for w in ("attn", "flash", "attention")):
+            raise type(e)(f"backbone.attn_implementation={cfg.attn_implementation}: {e}") from e
+        raise
     if len(tokenizer) > net.get_input_embeddings().num_embeddings:
         net.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         net.config.pad_token_id = tokenizer.pad_token_id
