@@ -1,7 +1,8 @@
 """Train a reward model: `python train.py [group=choice ...] [key=value ...]`.
 
 Compose the config → seed → instantiate data (with the MARS loop), model, callbacks, loggers and
-trainer → fit → test the best checkpoint → export it as a `from_pretrained` folder → summary.
+trainer → fit → test the best checkpoint (and its best-of-N picks where `best_of_n` names an
+AlpacaEval-BoN file) → export it as a `from_pretrained` folder → summary.
 """
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import warnings
 
 import hydra
 import lightning as L
+import numpy as np
 from omegaconf import DictConfig
 
 from mars.callbacks import FitGuard, RunSummary
 from mars.config import validate
+from mars.data.candidates import load_alpacaeval_bon
 from mars.data.datamodule import PreferenceDataModule
+from mars.evaluation.best_of_n import best_of_n, format_best_of_n
 from mars.data.format import PairFormatter
 from mars.export import export_reward_model, full_module, load_best
 from mars.loop import MarsLoop
@@ -47,6 +51,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
 def run(cfg: DictConfig, loggers: list) -> tuple[dict[str, float], dict]:
     """`train` with its loggers built."""
     typed = validate(cfg)
+    if cfg.get("best_of_n") and not cfg.get("test"):
+        raise ValueError("best_of_n scores the best checkpoint after the test: it needs test=true")
     L.seed_everything(cfg.seed, workers=True)
     backbone, data = typed["backbone"], typed["data"]
     tokenizer = load_tokenizer(backbone)  # one tokenizer for the data and the model
@@ -86,6 +92,14 @@ def run(cfg: DictConfig, loggers: list) -> tuple[dict[str, float], dict]:
             with open(os.path.join(cfg.paths.output_dir, "test_scores.json"), "w") as f:
                 json.dump({"ids": [p.id for p in pairs], "r_chosen": scores.r_chosen.tolist(),
                            "r_rejected": scores.r_rejected.tolist()}, f)
+        if cfg.get("best_of_n"):
+            result = downstream_best_of_n(scorer, cfg.best_of_n, cfg.seed)
+            model.keep_features()
+            metrics["best_of_n/win_rate"] = result["win_rate"]["value"]
+            if trainer.is_global_zero:
+                with open(os.path.join(cfg.paths.output_dir, "best_of_n.json"), "w") as f:
+                    json.dump(result, f)
+                log.info(format_best_of_n(result))
     if cfg.get("export"):
         if best:
             load_best(trainer, model, best)
@@ -105,6 +119,17 @@ def run(cfg: DictConfig, loggers: list) -> tuple[dict[str, float], dict]:
         log.info(summary.text(out, metrics, loop.history, loop.cfg.warmup_epochs, outputs,
                               next_commands(cfg, outputs["export"] or best, trainer.max_epochs)))
     return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
+
+
+def downstream_best_of_n(scorer: Scorer, path: str, seed: int) -> dict:
+    """The trained model's best-of-N picks on an AlpacaEval-BoN file: win-rate, anchors and, per
+    instruction, the judged score of the pick (`picked_scores`: paired comparisons across runs)."""
+    sets = load_alpacaeval_bon(path)
+    rewards = scorer.responses([(s.prompt, c) for s in sets for c in s.candidates])
+    bounds = np.cumsum([0] + [len(s.candidates) for s in sets])
+    result = best_of_n(sets, [rewards[a:b] for a, b in zip(bounds[:-1], bounds[1:])], seed=seed)
+    return result | {"ids": [s.id for s in sets],
+                     "picked_scores": [s.scores[k] for s, k in zip(sets, result["picks"])]}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

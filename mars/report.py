@@ -18,13 +18,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def accuracy_bars(ax, names: list[str], rows: list[dict], title: str) -> None:
-    """Bars of accuracy with their interval (rows: {"mean"|"value", "lo", "hi"})."""
+def accuracy_bars(ax, names: list[str], rows: list[dict], title: str, ylabel: str = "held-out accuracy") -> None:
+    """Bars of accuracy (or another rate) with their interval (rows: {"mean"|"value", "lo", "hi"})."""
     means = np.array([r.get("mean", r.get("value")) for r in rows])
     # An honest bootstrap interval may exclude the estimate: no negative bar ends.
     err = np.array([[max(0.0, m - r["lo"]) for m, r in zip(means, rows)], [max(0.0, r["hi"] - m) for m, r in zip(means, rows)]])
     ax.bar(names, means, yerr=err, capsize=4, color="tab:blue", alpha=0.8)
-    ax.set(ylabel="held-out accuracy", title=title, ylim=(max(0.0, means.min() - 0.1), min(1.0, means.max() + 0.05)))
+    ax.set(ylabel=ylabel, title=title, ylim=(max(0.0, means.min() - 0.1), min(1.0, means.max() + 0.05)))
     ax.tick_params(axis="x", rotation=30)
 
 
@@ -70,6 +70,20 @@ def study_plots(runs: list[dict], summary: dict, out: Path) -> list[Path]:
         methods = [m for m in summary[ds] if " - " not in m]
         accuracy_bars(ax, methods, [summary[ds][m]["acc"] for m in methods], ds)
     paths.append(_save(fig, out / "accuracy.png"))
+
+    judged = [ds for ds in datasets if any("win_rate" in row for row in summary[ds].values())]
+    if judged:
+        fig, axes = plt.subplots(1, len(judged), figsize=(5 * len(judged), 4), squeeze=False)
+        for ax, ds in zip(axes[0], judged):
+            methods = [m for m, row in summary[ds].items() if " - " not in m and "win_rate" in row]
+            accuracy_bars(ax, methods, [summary[ds][m]["win_rate"] for m in methods], f"{ds}: best-of-N",
+                          "judged win-rate of the pick")
+            anchors = next(r["bon_anchors"] for r in runs if r["dataset"] == ds and "bon_anchors" in r)
+            for key, style in (("random", ":"), ("longest", "--"), ("oracle", "-")):
+                ax.axhline(anchors[key], color="k", ls=style, lw=1, label=f"{key} {anchors[key]:.3f}")
+            ax.set_ylim(0.0, anchors["oracle"] + 0.05)
+            ax.legend(fontsize=7)
+        paths.append(_save(fig, out / "best_of_n.png"))
 
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
     for ax, ds in zip(axes[0], datasets):

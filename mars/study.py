@@ -1,13 +1,15 @@
 """The comparison study: one command runs method × dataset × seed and aggregates the results.
 
-    python -m mars.study run [--datasets hh_rlhf ultrafeedback pku_saferlhf] [--seeds 1 2 3]
+    python -m mars.study run [--datasets hh_rlhf ...] [--methods none uniform ...] [--seeds 1 2 3 4 5] [--parallel 2]
     python -m mars.study aggregate logs/study
 
-`run` launches, per dataset, Hydra multiruns of train.py with the `cpu_study_<dataset>` preset
-(or `--preset paper` for the GPU setting) over the methods, then `aggregate` writes results.md,
-results.json and plots: per method and dataset the mean over seeds of held-out accuracy, SNR,
-ROC-AUC and ECE with a 95% bootstrap interval (pairs resampled, the same resample for every method
-and seed), and the paired difference MARS − uniform with its interval.
+`run` launches one train.py per job with the `cpu_study_<dataset>` preset (or `--preset paper`
+for the GPU setting), in out/<dataset>/<method>/seed<S>, seed by seed, `--parallel` at a time,
+with a line of progress per job; a job already finished (its metrics.json) is skipped, so a
+stopped study resumes where it stopped. Then `aggregate` writes results.md, results.json and
+plots: per method and dataset the mean over seeds of held-out accuracy, SNR, ROC-AUC, ECE and,
+where the runs scored a best-of-N set (`best_of_n`), the win-rate, each with a 95% bootstrap
+interval over pairs (or prompts) and seeds, and the paired differences of COMPARED.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,22 +29,85 @@ import yaml
 
 from mars.model.metrics import pairwise_metrics
 
-METHODS = {"none": [], "uniform": [], "west_of_n": [], "mars_abs": ["allocator=mars"],
-           "mars_signed": ["allocator=mars_signed"]}
+# name: the train.py overrides of the method
+METHODS = {"none": ["allocator=none"], "uniform": ["allocator=uniform"], "west_of_n": ["allocator=west_of_n"],
+           "mars_abs": ["allocator=mars"], "mars_signed": ["allocator=mars_signed"],
+           # the authors' code: D^t = D₀ ∪ D_syn^t instead of the paper's accumulation
+           "mars_abs_resample": ["allocator=mars", "loop.accumulate=false"]}
+COMPARED = (("mars_abs", "uniform"), ("mars_signed", "uniform"), ("mars_abs_resample", "mars_abs"))
 REPORTED = ("acc", "snr", "auc", "ece")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(datasets: list[str], seeds: list[int], out: Path, preset: str, temperature: float, extra: list[str]) -> None:
-    for dataset in datasets:
-        for method, overrides in METHODS.items():
-            choice = overrides or [f"allocator={method}"]
-            tau = [f"allocator.temperature={temperature}"] if method.startswith("mars") else []
-            cmd = [sys.executable, str(ROOT / "train.py"), "-m", f"experiment={preset}_{dataset}", *choice, *tau,
-                   f"seed={','.join(map(str, seeds))}", f"+study.method={method}", f"+study.dataset={dataset}",
-                   f"hydra.sweep.dir={out}/{dataset}/{method}", *extra]
-            print("+", " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, cwd=ROOT)
+def jobs(datasets: list[str], methods: list[str], seeds: list[int]) -> list[tuple[int, str, str]]:
+    """(seed, dataset, method), seed by seed: a study stopped early has whole seeds."""
+    return [(seed, dataset, method) for seed in seeds for dataset in datasets for method in methods]
+
+
+def command(seed: int, dataset: str, method: str, out: Path, preset: str, temperature: float,
+            extra: list[str]) -> list[str]:
+    """The train.py call of one job; its folder is out/dataset/method/seed<S>."""
+    tau = [f"allocator.temperature={temperature}"] if method.startswith("mars") else []
+    return [sys.executable, str(ROOT / "train.py"), f"experiment={preset}_{dataset}", *METHODS[method], *tau,
+            f"seed={seed}", f"+study.method={method}", f"+study.dataset={dataset}",
+            f"hydra.run.dir={out}/{dataset}/{method}/seed{seed}",
+            f"paths.cache_dir={out}/cache/{dataset}",  # each dataset's features in their own file
+            *extra]
+
+
+def run(datasets: list[str], methods: list[str], seeds: list[int], out: Path, preset: str, temperature: float,
+        extra: list[str], parallel: int = 1) -> None:
+    """Every job not finished yet, `parallel` at a time (never two of one dataset: they share a
+    feature cache), each on its share of the cores; progress per job; then `aggregate`."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"--methods {' '.join(unknown)}: unknown; the methods are {', '.join(METHODS)}")
+    todo = [j for j in jobs(datasets, methods, seeds)
+            if not (out / j[1] / j[2] / f"seed{j[0]}" / "metrics.json").exists()]  # written last
+    total, done, failed, busy = len(todo), [], [], set()
+    env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel))}
+    lock, start = threading.Condition(), time.time()
+    print(f"{total} jobs to run ({len(jobs(datasets, methods, seeds)) - total} already finished), "
+          f"{parallel} at a time, in {out}", flush=True)
+
+    def take() -> tuple[int, str, str] | None:
+        with lock:
+            while True:
+                if not todo:
+                    return None
+                free = [j for j in todo if j[1] not in busy]
+                if free:
+                    todo.remove(free[0])
+                    busy.add(free[0][1])
+                    return free[0]
+                lock.wait()
+
+    def worker() -> None:
+        while (job := take()) is not None:
+            seed, dataset, method = job
+            log_file = out / dataset / method / f"seed{seed}.log"
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            t = time.time()
+            with open(log_file, "w") as f:
+                rc = subprocess.run(command(*job, out, preset, temperature, extra), cwd=ROOT, env=env,
+                                    stdout=f, stderr=subprocess.STDOUT).returncode
+            with lock:
+                busy.discard(dataset)
+                (done if rc == 0 else failed).append(job)
+                finished = len(done) + len(failed)
+                left = (time.time() - start) / finished * (total - finished)
+                print(f"[{finished}/{total}] {dataset} {method} seed {seed}: "
+                      f"{'done' if rc == 0 else f'FAILED (exit {rc}, see {log_file})'} in {time.time() - t:.0f} s; "
+                      f"{(time.time() - start) / 60:.1f} min so far, about {left / 60:.0f} min left", flush=True)
+                lock.notify_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(parallel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise SystemExit(f"{len(failed)} of {total} jobs failed: " + ", ".join(f"{d} {m} seed {s}" for s, d, m in failed))
     aggregate(out)
 
 
@@ -57,36 +124,51 @@ def load_runs(study_dir: Path) -> list[dict]:
         runs.append({"method": cfg["study"]["method"], "dataset": cfg["study"]["dataset"], "seed": cfg["seed"],
                      "ids": s["ids"], "r_chosen": np.array(s["r_chosen"]), "r_rejected": np.array(s["r_rejected"]),
                      "rounds": rounds, "dir": str(job)})
+        if (job / "best_of_n.json").exists():  # the judged score of the model's pick per prompt
+            bon = json.loads((job / "best_of_n.json").read_text())
+            runs[-1]["bon_picked"] = np.array(bon["picked_scores"])
+            runs[-1]["bon_anchors"] = {k: bon[k] for k in ("random", "longest", "oracle")}
     return runs
 
 
-def _metrics(runs: list[dict], idx: np.ndarray | None = None) -> dict[str, float]:
-    """Metrics averaged over seeds, on the pairs `idx` (all pairs when None)."""
-    per_seed = [pairwise_metrics(torch.from_numpy(r["r_chosen"] if idx is None else r["r_chosen"][idx]),
-                                 torch.from_numpy(r["r_rejected"] if idx is None else r["r_rejected"][idx]))
-                for r in runs]
-    return {k: float(np.mean([m[k] for m in per_seed])) for k in REPORTED}
+def _per_seed(runs: list[dict], idx: np.ndarray | None = None) -> np.ndarray:
+    """[seeds, REPORTED] metrics of each run on the pairs `idx` (all pairs when None)."""
+    return np.array([[m[k] for k in REPORTED] for m in (
+        pairwise_metrics(torch.from_numpy(r["r_chosen"] if idx is None else r["r_chosen"][idx]),
+                         torch.from_numpy(r["r_rejected"] if idx is None else r["r_rejected"][idx])) for r in runs)])
+
+
+def _interval(values) -> dict[str, float]:
+    lo, hi = np.nanpercentile(values, [2.5, 97.5])
+    return {"lo": float(lo), "hi": float(hi)}
 
 
 def summarise(runs: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
-    """{dataset: {method: {metric: {mean, lo, hi}}, "mars_abs - uniform": {...}, ...}}."""
+    """{dataset: {method: {metric: {mean, lo, hi}}, "mars_abs - uniform": {...}, ...}}.
+
+    Means are over seeds. Each bootstrap draw resamples the held-out pairs (and the best-of-N
+    prompts) and the seeds, both with replacement and the same for every method, so intervals and
+    paired differences carry the spread over pairs and over seeds. They are plain percentile
+    intervals: where the bootstrap is skewed (ECE is biased upwards on a resample) the estimate can
+    fall outside its interval, and that is reported as it is.
+    """
     grouped = defaultdict(lambda: defaultdict(list))
-    for r in runs:
+    for r in sorted(runs, key=lambda r: r["seed"]):  # seed k of every method at the same position
         grouped[r["dataset"]][r["method"]].append(r)
     out = {}
     rng = np.random.default_rng(seed)
     for dataset, methods in grouped.items():
         n = len(next(iter(methods.values()))[0]["ids"])
-        draws = [rng.integers(0, n, n) for _ in range(n_boot)]
+        most = max(len(rs) for rs in methods.values())
+        draws = [(rng.integers(0, n, n), rng.random(most)) for _ in range(n_boot)]
+        pick = lambda u, k: (u[:k] * k).astype(int)  # noqa: E731  the draw's seeds among k runs
+        boot = {m: np.array([_per_seed(rs, idx)[pick(u, len(rs))].mean(0) for idx, u in draws])
+                for m, rs in methods.items()}
         table = {}
-        boot = {m: [_metrics(rs, idx) for idx in draws] for m, rs in methods.items()}
         for method, rs in methods.items():
-            point = _metrics(rs)
-            # Plain percentile intervals: where the bootstrap is skewed (ECE is biased upwards on a
-            # resample) the estimate can fall outside its interval, and that is reported as it is.
-            lo_hi = {k: np.nanpercentile([b[k] for b in boot[method]], [2.5, 97.5]) for k in REPORTED}
-            table[method] = {k: {"mean": point[k], "lo": float(lo_hi[k][0]), "hi": float(lo_hi[k][1])}
-                             for k in REPORTED} | {"seeds": len(rs)}
+            point = _per_seed(rs).mean(0)
+            table[method] = {k: {"mean": float(point[i]), **_interval(boot[method][:, i])}
+                             for i, k in enumerate(REPORTED)} | {"seeds": len(rs)}
             # Known label noise: the share of the budget spent on flipped pairs, and how often the
             # round's model mis-ranked flipped and clean pairs (means over rounds and seeds).
             for key, name in (("budget_on_flipped_fraction", "budget_on_flipped"),
@@ -95,12 +177,24 @@ def summarise(runs: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
                 values = [r[key] for run in rs for r in run["rounds"] if key in r]
                 if values:
                     table[method][name] = float(np.mean(values))
-        for mars in ("mars_abs", "mars_signed"):
-            if mars in methods and "uniform" in methods:
-                delta = np.array([b["acc"] for b in boot[mars]]) - np.array([b["acc"] for b in boot["uniform"]])
-                table[f"{mars} - uniform"] = {"acc": {
-                    "mean": table[mars]["acc"]["mean"] - table["uniform"]["acc"]["mean"],
-                    "lo": float(np.percentile(delta, 2.5)), "hi": float(np.percentile(delta, 97.5))}}
+        bon = {m: np.array([r["bon_picked"] for r in rs]) for m, rs in methods.items()
+               if all("bon_picked" in r for r in rs)}
+        if bon:  # best-of-N: the judged score of each model's pick, resampled over prompts and seeds
+            prompts = next(iter(bon.values())).shape[1]
+            bon_draws = [(rng.integers(0, prompts, prompts), rng.random(most)) for _ in range(n_boot)]
+            bon_boot = {m: np.array([v[pick(u, len(v))][:, idx].mean() for idx, u in bon_draws])
+                        for m, v in bon.items()}
+            for m, v in bon.items():
+                table[m]["win_rate"] = {"mean": float(v.mean()), **_interval(bon_boot[m])}
+        for a, b in COMPARED:
+            if a in methods and b in methods:
+                i = REPORTED.index("acc")
+                table[f"{a} - {b}"] = {"acc": {"mean": table[a]["acc"]["mean"] - table[b]["acc"]["mean"],
+                                               **_interval(boot[a][:, i] - boot[b][:, i])}}
+                if a in bon and b in bon:
+                    table[f"{a} - {b}"]["win_rate"] = {
+                        "mean": table[a]["win_rate"]["mean"] - table[b]["win_rate"]["mean"],
+                        **_interval(bon_boot[a] - bon_boot[b])}
         out[dataset] = table
     return out
 
@@ -108,12 +202,15 @@ def summarise(runs: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
 def markdown(summary: dict) -> str:
     lines = []
     for dataset, table in summary.items():
-        lines += [f"### {dataset}", "", "| method | seeds | accuracy | SNR | ROC-AUC | ECE |", "|---|---|---|---|---|---|"]
+        bon = any("win_rate" in row for row in table.values())
+        lines += [f"### {dataset}", "", "| method | seeds | accuracy | SNR | ROC-AUC | ECE |"
+                  + (" best-of-N win-rate |" if bon else ""), "|---|---|---|---|---|---|" + ("---|" if bon else "")]
         for method, row in table.items():
             if " - " in method:
                 continue
-            cell = lambda k: f"{row[k]['mean']:.3f} [{row[k]['lo']:.3f}, {row[k]['hi']:.3f}]"  # noqa: E731
-            lines.append(f"| {method} | {row['seeds']} | {cell('acc')} | {cell('snr')} | {cell('auc')} | {cell('ece')} |")
+            cell = lambda k: f"{row[k]['mean']:.3f} [{row[k]['lo']:.3f}, {row[k]['hi']:.3f}]" if k in row else "–"  # noqa: E731
+            lines.append(f"| {method} | {row['seeds']} | {cell('acc')} | {cell('snr')} | {cell('auc')} | {cell('ece')} |"
+                         + (f" {cell('win_rate')} |" if bon else ""))
         for method, row in table.items():
             if "budget_on_flipped" in row:
                 lines.append(f"\n{method}: {row['budget_on_flipped']:.3f} of the budget on flipped pairs")
@@ -121,9 +218,11 @@ def markdown(summary: dict) -> str:
                     lines[-1] += (f"; its models mis-ranked {row['misranked_flipped']:.3f} of flipped and "
                                   f"{row['misranked_clean']:.3f} of clean pairs")
         for method, row in table.items():
-            if " - " in method:
-                a = row["acc"]
-                lines.append(f"\n{method} accuracy: {a['mean']:+.3f} [{a['lo']:+.3f}, {a['hi']:+.3f}] (paired bootstrap)")
+            for key, what in (("acc", "accuracy"), ("win_rate", "best-of-N win-rate")):
+                if " - " in method and key in row:
+                    a = row[key]
+                    lines.append(f"\n{method} {what}: {a['mean']:+.3f} [{a['lo']:+.3f}, {a['hi']:+.3f}] "
+                                 "(paired bootstrap over pairs and seeds)")
         lines.append("")
     return "\n".join(lines)
 
@@ -146,17 +245,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mars.study", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the multiruns, then aggregate")
-    r.add_argument("--datasets", nargs="+", default=["hh_rlhf", "ultrafeedback", "pku_saferlhf"])
-    r.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    r.add_argument("--datasets", nargs="+", default=["hh_rlhf", "pku_saferlhf", "ultrafeedback", "ultrafeedback_noisy"])
+    r.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "mars_abs_resample"])
+    r.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    r.add_argument("--parallel", type=int, default=1, help="jobs at a time, each on its share of the cores")
     r.add_argument("--preset", default="cpu_study", help="cpu_study (CPU-scale) or paper (GPU, network)")
-    r.add_argument("--temperature", type=float, default=2.0, help="τ of the mars allocators")
+    r.add_argument("--temperature", type=float, default=0.5, help="τ of the mars allocators (the paper's 0.5)")
     r.add_argument("--out", type=Path, default=Path(os.environ.get("MARS_LOG_DIR", "logs")) / "study")
     r.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     a = sub.add_parser("aggregate", help="tables and plots of finished runs")
     a.add_argument("study_dir", type=Path)
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.datasets, args.seeds, args.out.resolve(), args.preset, args.temperature, args.overrides)
+        run(args.datasets, args.methods, args.seeds, args.out.resolve(), args.preset, args.temperature,
+            args.overrides, args.parallel)
     else:
         aggregate(args.study_dir)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,14 +18,17 @@ from tests.conftest import DATA_DIR, compose_config, require_data
 N_BOOT = 1000
 
 
-def bootstrap_acc(runs: list[dict], n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
-    """Accuracy (mean over seeds) on each resample, computed here without mars's metrics; the
-    resamples are the study's documented ones: one generator, n indices drawn with replacement."""
+def bootstrap_acc(runs: list[dict], most: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """Accuracy (mean over the drawn seeds) on each resample, computed here without mars's metrics;
+    the resamples are the study's documented ones: one generator, per draw n pair indices with
+    replacement, then a uniform number per seed slot (`most`: the most seeds of any method), the
+    k runs of a method taking seeds floor(u · k) of the first k slots."""
     rng = np.random.default_rng(seed)
-    n = len(runs[0]["ids"])
-    draws = [rng.integers(0, n, n) for _ in range(n_boot)]
-    return np.array([np.mean([np.mean(r["r_chosen"][idx] > r["r_rejected"][idx]) for r in runs])
-                     for idx in draws])
+    n, k = len(runs[0]["ids"]), len(runs)
+    runs = sorted(runs, key=lambda r: r["seed"])
+    draws = [(rng.integers(0, n, n), rng.random(most)) for _ in range(n_boot)]
+    return np.array([np.mean([np.mean(runs[s]["r_chosen"][idx] > runs[s]["r_rejected"][idx])
+                              for s in (u[:k] * k).astype(int)]) for idx, u in draws])
 
 
 def fake_run(method: str, margins: np.ndarray, seed: int = 1) -> dict:
@@ -54,16 +58,24 @@ def test_intervals_are_plain_percentile_bootstrap_intervals():
     # Accuracy: the percentiles of the resampled accuracies, exactly, ...
     for method in ("uniform", "mars_abs"):
         rs = [r for r in runs if r["method"] == method]
-        lo, hi = np.percentile(bootstrap_acc(rs), [2.5, 97.5])
+        lo, hi = np.percentile(bootstrap_acc(rs, most=2), [2.5, 97.5])
         assert table[method]["acc"]["lo"] == pytest.approx(lo) and table[method]["acc"]["hi"] == pytest.approx(hi)
         assert table[method]["seeds"] == len(rs)
+    # Seeds are resampled too: mars_abs's two seeds rank 20 pairs differently, so its interval is
+    # wider than a pairs-only bootstrap of its seed mean would make it.
+    rs = [r for r in runs if r["method"] == "mars_abs"]
+    rng = np.random.default_rng(0)
+    pairs_only = [np.mean([np.mean(r["r_chosen"][idx] > 0) for r in rs])
+                  for idx in (rng.integers(0, 200, 200) for _ in range(N_BOOT))]
+    abs_acc = table["mars_abs"]["acc"]
+    assert abs_acc["hi"] - abs_acc["lo"] > np.subtract(*np.percentile(pairs_only, [97.5, 2.5])) + 0.005
     # ... which for one seed is about 0.75 ± 1.96·sqrt(0.75·0.25/200) = [0.690, 0.810] ...
     acc = table["uniform"]["acc"]
     half = 1.96 * math.sqrt(0.75 * 0.25 / 200)
     assert acc["lo"] == pytest.approx(0.75 - half, abs=0.012) and acc["hi"] == pytest.approx(0.75 + half, abs=0.012)
     # ... and the paired difference uses the same resample for both methods.
     rs = [r for r in runs if r["method"] == "mars_abs"]
-    delta = bootstrap_acc(rs) - bootstrap_acc(runs[:1])
+    delta = bootstrap_acc(rs, most=2) - bootstrap_acc(runs[:1], most=2)
     diff = table["mars_abs - uniform"]["acc"]
     assert diff["mean"] == pytest.approx(0.0, abs=1e-12)
     assert (diff["lo"], diff["hi"]) == pytest.approx(tuple(np.percentile(delta, [2.5, 97.5])))
@@ -85,18 +97,26 @@ def test_presets_compose(preset, tmp_path):
         assert typed["backbone"].max_length == 512 and cfg.trainer.precision == "bf16-mixed"
         assert cfg.loop.budget * (cfg.trainer.max_epochs - cfg.loop.warmup_epochs) == 5000
     else:
-        assert typed["finetune"].name == "head" and typed["backbone"].name_or_path == "minilm"
+        assert typed["finetune"].name == "top_layers" and typed["finetune"].layers == 1
+        assert typed["backbone"].name_or_path == "minilm" and cfg.allocator.temperature == 0.5
+        rounds = cfg.trainer.max_epochs - cfg.loop.warmup_epochs
+        assert cfg.loop.budget * rounds == 5 * typed["data"].train_size  # the paper's proportion
+        assert (cfg.get("best_of_n") is not None) == ("ultrafeedback" in preset)
 
 
 @pytest.mark.slow
-def test_shortened_cpu_study_and_aggregation(tmp_path, monkeypatch):
+def test_shortened_cpu_study_and_aggregation(tmp_path, monkeypatch, capsys):
     require_data()
     monkeypatch.setenv("MARS_DATA_DIR", str(DATA_DIR))
     monkeypatch.setenv("MARS_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "study"
-    study_main(["run", "--datasets", "hh_rlhf", "--seeds", "1", "2", "--out", str(out), "backbone=tiny",
-                "backbone.max_length=64", "data.train_size=40", "data.val_size=20", "data.test_size=30",
-                "loop.budget=20", "trainer.max_epochs=2", "logger=csv"])
+    bon = tmp_path / "bon.jsonl"  # the first 40 AlpacaEval-BoN instructions
+    with open(DATA_DIR / "alpacaeval-bon" / "alpacaeval-bon-n11.jsonl") as f:
+        bon.write_text("".join(next(f) for _ in range(40)))
+    small = ["backbone=tiny", "backbone.max_length=64", "data.train_size=40", "data.val_size=20",
+             "data.test_size=30", "loop.budget=20", "trainer.max_epochs=2", "logger=csv",
+             f"best_of_n={bon}"]
+    study_main(["run", "--datasets", "hh_rlhf", "--seeds", "1", "2", "--parallel", "2", "--out", str(out), *small])
     summary = json.loads((out / "results.json").read_text())["hh_rlhf"]
     assert set(summary) == {"none", "uniform", "west_of_n", "mars_abs", "mars_signed",
                             "mars_abs - uniform", "mars_signed - uniform"}
@@ -106,17 +126,27 @@ def test_shortened_cpu_study_and_aggregation(tmp_path, monkeypatch):
         rs = [r for r in runs if r["method"] == method]
         assert len(rs[0]["ids"]) == 30  # data.test_size
         acc = np.mean([np.mean(r["r_chosen"] > r["r_rejected"]) for r in rs])
-        lo, hi = np.percentile(bootstrap_acc(rs), [2.5, 97.5])
+        lo, hi = np.percentile(bootstrap_acc(rs, most=2), [2.5, 97.5])
         assert summary[method]["acc"] == pytest.approx({"mean": acc, "lo": lo, "hi": hi}), method
+        picked = [json.loads((Path(r["dir"]) / "best_of_n.json").read_text())["picked_scores"] for r in rs]
+        assert len(picked[0]) == 40 and summary[method]["win_rate"]["mean"] == pytest.approx(np.mean(picked))
+        assert summary[method]["win_rate"]["lo"] < summary[method]["win_rate"]["hi"]
         for metric in ("auc", "ece"):
             row = summary[method][metric]
             assert 0 <= row["lo"] < row["hi"] <= 1, (method, metric, row)
     rs = {m: [r for r in runs if r["method"] == m] for m in ("mars_abs", "uniform")}
-    delta = bootstrap_acc(rs["mars_abs"]) - bootstrap_acc(rs["uniform"])
+    delta = bootstrap_acc(rs["mars_abs"], most=2) - bootstrap_acc(rs["uniform"], most=2)
     diff = summary["mars_abs - uniform"]["acc"]
     assert (diff["lo"], diff["hi"]) == pytest.approx(tuple(np.percentile(delta, [2.5, 97.5])))
     table = (out / "results.md").read_text()
-    assert "| mars_signed | 2 |" in table and "paired bootstrap" in table
-    for name in ("accuracy.png", "margins.png", "budget_vs_margin.png", "curvature.png"):
+    assert "| mars_signed | 2 |" in table and "paired bootstrap" in table and "best-of-N win-rate |" in table
+    for name in ("accuracy.png", "margins.png", "budget_vs_margin.png", "curvature.png", "best_of_n.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
-    assert len(list(out.rglob("test_scores.json"))) == 10 and os.path.isdir(out / "hh_rlhf" / "mars_abs")
+    assert len(list(out.rglob("test_scores.json"))) == 10 and os.path.isdir(out / "hh_rlhf" / "mars_abs" / "seed2")
+    # A second run finds every job finished and only aggregates again; a job killed before its end
+    # (no metrics.json) runs again.
+    (out / "hh_rlhf" / "uniform" / "seed1" / "metrics.json").unlink()
+    capsys.readouterr()
+    study_main(["run", "--datasets", "hh_rlhf", "--seeds", "1", "2", "--out", str(out), *small])
+    assert capsys.readouterr().out.startswith("1 jobs to run (9 already finished)")
+    assert (out / "hh_rlhf" / "uniform" / "seed1" / "metrics.json").exists()

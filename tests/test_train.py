@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from omegaconf import open_dict
@@ -183,3 +184,33 @@ def test_a_restored_training_set_of_other_base_pairs_is_an_error(tmp_path, caplo
     with caplog.at_level("WARNING"), pytest.raises(ValueError, match="synthetic pairs whose base pair is not this run's"):
         train(other)
     assert "written with another data, loop or model configuration" in caplog.text
+
+
+# ---- best-of-N after the test
+
+def test_best_of_n_picks_are_the_best_checkpoints(tiny_cfg, tmp_path):
+    from mars.evaluation.models import load_scorer
+
+    sets = [{"id": i, "instruction": f"question {i}: what is {i} plus {i}?",
+             "candidates": [{"output": f"answer {j} " * (j + 1), "preference": 1.0 + (i * 3 + j) % 5 / 4}
+                            for j in range(4)]} for i in range(6)]
+    path = tmp_path / "bon.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in sets))
+    with open_dict(tiny_cfg):
+        tiny_cfg.trainer.max_epochs = 2
+        tiny_cfg.best_of_n = str(path)
+    metrics, _ = train(tiny_cfg)
+    result = json.loads((tmp_path / "best_of_n.json").read_text())
+    scorer = load_scorer(str(tmp_path / "export"))  # the exported best checkpoint
+    picks = [int(np.argmax(scorer.responses([(s["instruction"], c["output"]) for c in s["candidates"]])))
+             for s in sets]
+    assert result["picks"] == picks and result["ids"] == [str(i) for i in range(6)]
+    assert result["picked_scores"] == [s["candidates"][k]["preference"] - 1 for s, k in zip(sets, picks)]
+    assert metrics["best_of_n/win_rate"] == pytest.approx(np.mean(result["picked_scores"]))
+
+
+def test_best_of_n_without_the_test_is_a_clear_error(tiny_cfg, tmp_path):
+    with open_dict(tiny_cfg):
+        tiny_cfg.test, tiny_cfg.best_of_n = False, str(tmp_path / "bon.jsonl")
+    with pytest.raises(ValueError, match="best_of_n.*test=true"):
+        train(tiny_cfg)

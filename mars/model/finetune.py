@@ -194,8 +194,34 @@ class CachedTrunk:
         hidden = torch.zeros(len(rows), input_ids.shape[1], rows[0].shape[-1])
         for i, row in enumerate(rows):
             hidden[i, : len(row)] = row
-        hidden = self._run(self.upper, hidden.to(input_ids.device), attention_mask)
+        hidden = hidden.to(input_ids.device)
         if self.model.decoder:
-            hidden = self.model.net.base_model.norm(hidden)
+            hidden = self.model.net.base_model.norm(self._run(self.upper, hidden, attention_mask))
             return hidden[torch.arange(len(hidden), device=hidden.device), last_real_token(attention_mask)]
-        return self.model.encoder_tail(hidden)
+        top = self.upper[-1]
+        if not _bert_style(top):
+            return self.model.encoder_tail(self._run(self.upper, hidden, attention_mask))
+        hidden = self._run(self.upper[:-1], hidden, attention_mask)
+        return self.model.encoder_tail(first_token_layer(top, hidden, attention_mask))
+
+
+def _bert_style(layer: nn.Module) -> bool:
+    attention = getattr(layer, "attention", None)
+    return all(hasattr(attention, "self") and hasattr(attention.self, n) for n in ("query", "key", "value")) \
+        and hasattr(layer, "intermediate") and hasattr(layer, "output")
+
+
+def first_token_layer(layer: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A BERT-style layer's output at the first position only, [rows, 1, hidden]: all an encoder's
+    pooling reads, so the top layer's queries and feed-forward run on one token instead of all."""
+    attention = layer.attention.self
+    rows, width, _ = hidden.shape
+    heads, size = attention.num_attention_heads, attention.attention_head_size
+    split = lambda x: x.view(rows, -1, heads, size).transpose(1, 2)  # noqa: E731
+    first = hidden[:, :1]
+    context = nn.functional.scaled_dot_product_attention(
+        split(attention.query(first)), split(attention.key(hidden)), split(attention.value(hidden)),
+        attn_mask=attention_mask[:, None, None, :].bool(), scale=attention.scaling,
+        dropout_p=attention.dropout.p if layer.training else 0.0)
+    out = layer.attention.output(context.transpose(1, 2).reshape(rows, 1, heads * size), first)
+    return layer.output(layer.intermediate(out), out)

@@ -125,18 +125,20 @@ class RewardModule(L.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()})
         return values
 
-    def _keep_features(self) -> None:
-        """Fast modes: write the frozen features each stage added (held-out ones too), so that the
-        next run of a sweep computes none."""
+    def keep_features(self) -> None:
+        """Fast modes: write the frozen features the run added (held-out ones too), so that the
+        next run of a sweep computes none. At the end of fit and test only: the file holds every
+        distinct sequence, and a kill loses only what a rerun computes again."""
         if self.model.trunk is not None:
             self.model.trunk.save()
 
     def on_train_epoch_end(self) -> None:
         self._log_stage("train")
-        self._keep_features()
+
+    def on_fit_end(self) -> None:
+        self.keep_features()
 
     def on_validation_epoch_end(self) -> None:
-        self._keep_features()
         values = self._log_stage("val")
         if values and not self.trainer.sanity_checking:
             self.val_acc_best(values["acc"])
@@ -144,7 +146,7 @@ class RewardModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_stage("test")
-        self._keep_features()
+        self.keep_features()
 
     def total_steps(self) -> int:
         """Optimiser steps of the whole run, from the data as the loop delivers it."""
