@@ -14,14 +14,12 @@ import warnings
 
 import hydra
 import lightning as L
-import numpy as np
 from omegaconf import DictConfig
 
 from mars.callbacks import FitGuard, RunSummary
 from mars.config import validate
-from mars.data.candidates import load_alpacaeval_bon
 from mars.data.datamodule import PreferenceDataModule
-from mars.evaluation.best_of_n import best_of_n, format_best_of_n
+from mars.evaluation.best_of_n import format_best_of_n, score_best_of_n
 from mars.data.format import PairFormatter
 from mars.export import export_reward_model, full_module, load_best
 from mars.loop import MarsLoop
@@ -93,7 +91,7 @@ def run(cfg: DictConfig, loggers: list) -> tuple[dict[str, float], dict]:
                 json.dump({"ids": [p.id for p in pairs], "r_chosen": scores.r_chosen.tolist(),
                            "r_rejected": scores.r_rejected.tolist()}, f)
         if cfg.get("best_of_n"):
-            result = downstream_best_of_n(scorer, cfg.best_of_n, cfg.seed)
+            result = score_best_of_n(scorer, cfg.best_of_n, cfg.seed)
             model.keep_features()
             metrics["best_of_n/win_rate"] = result["win_rate"]["value"]
             if trainer.is_global_zero:
@@ -119,17 +117,6 @@ def run(cfg: DictConfig, loggers: list) -> tuple[dict[str, float], dict]:
         log.info(summary.text(out, metrics, loop.history, loop.cfg.warmup_epochs, outputs,
                               next_commands(cfg, outputs["export"] or best, trainer.max_epochs)))
     return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
-
-
-def downstream_best_of_n(scorer: Scorer, path: str, seed: int) -> dict:
-    """The trained model's best-of-N picks on an AlpacaEval-BoN file: win-rate, anchors and, per
-    instruction, the judged score of the pick (`picked_scores`: paired comparisons across runs)."""
-    sets = load_alpacaeval_bon(path)
-    rewards = scorer.responses([(s.prompt, c) for s in sets for c in s.candidates])
-    bounds = np.cumsum([0] + [len(s.candidates) for s in sets])
-    result = best_of_n(sets, [rewards[a:b] for a, b in zip(bounds[:-1], bounds[1:])], seed=seed)
-    return result | {"ids": [s.id for s in sets],
-                     "picked_scores": [s.scores[k] for s, k in zip(sets, result["picks"])]}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

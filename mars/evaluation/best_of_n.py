@@ -97,3 +97,17 @@ def format_best_of_n(result: dict[str, Any]) -> str:
     lines += [f"  {k:>2}   {v:.3f}   {result['oracle_curve'][k]:.3f}   {result['random']:.3f}"
               for k, v in result["curve"].items()]
     return "\n".join(lines)
+
+
+def score_best_of_n(scorer, path: str, seed: int = 0) -> dict[str, Any]:
+    """A reward model's best-of-N picks on an AlpacaEval-BoN file (`scorer`: a mars Scorer): the
+    result of `best_of_n` and, per instruction, the judged score of the pick (`picked_scores`, for
+    paired comparisons across runs)."""
+    from mars.data.candidates import load_alpacaeval_bon
+
+    sets = load_alpacaeval_bon(path)
+    rewards = scorer.responses([(s.prompt, c) for s in sets for c in s.candidates])
+    bounds = np.cumsum([0] + [len(s.candidates) for s in sets])
+    result = best_of_n(sets, [rewards[a:b] for a, b in zip(bounds[:-1], bounds[1:])], seed=seed)
+    return result | {"ids": [s.id for s in sets],
+                     "picked_scores": [s.scores[k] for s, k in zip(sets, result["picks"])]}
