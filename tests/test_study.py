@@ -91,7 +91,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_presets_compose(preset, tmp_path):
     cfg = compose_config("train", [f"experiment={preset}"], tmp_path)
     typed = validate(cfg)
-    assert typed["data"].train_size in (500, 1000) and cfg.allocator._target_.endswith("MarsAllocator")
+    assert typed["data"].train_size in (400, 1000) and cfg.allocator._target_.endswith("MarsAllocator")
     if preset.startswith("paper"):
         assert typed["backbone"].name_or_path == "microsoft/deberta-v3-base" and typed["optim"].lr == 2e-5
         assert typed["backbone"].max_length == 512 and cfg.trainer.precision == "bf16-mixed"
