@@ -24,7 +24,8 @@ def accuracy_bars(ax, names: list[str], rows: list[dict], title: str, ylabel: st
     # An honest bootstrap interval may exclude the estimate: no negative bar ends.
     err = np.array([[max(0.0, m - r["lo"]) for m, r in zip(means, rows)], [max(0.0, r["hi"] - m) for m, r in zip(means, rows)]])
     ax.bar(names, means, yerr=err, capsize=4, color="tab:blue", alpha=0.8)
-    ax.set(ylabel=ylabel, title=title, ylim=(max(0.0, means.min() - 0.1), min(1.0, means.max() + 0.05)))
+    los, his = [r["lo"] for r in rows], [r["hi"] for r in rows]  # whole whiskers in view
+    ax.set(ylabel=ylabel, title=title, ylim=(max(0.0, min(los) - 0.03), min(1.0, max(his) + 0.02)))
     ax.tick_params(axis="x", rotation=30)
 
 

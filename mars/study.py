@@ -9,7 +9,8 @@ with a line of progress per job; a job already finished (its metrics.json) is sk
 stopped study resumes where it stopped. Then `aggregate` writes results.md, results.json and
 plots: per method and dataset the mean over seeds of held-out accuracy, SNR, ROC-AUC, ECE and,
 where the runs scored a best-of-N set (`best_of_n`), the win-rate, each with a 95% bootstrap
-interval over pairs (or prompts) and seeds, and the paired differences of COMPARED.
+interval over pairs (or prompts) and seeds, the paired differences of COMPARED, and per round
+the allocation's diagnostics (ROUND_COLUMNS), means over seeds.
 """
 from __future__ import annotations
 
@@ -34,8 +35,19 @@ METHODS = {"none": ["allocator=none"], "uniform": ["allocator=uniform"], "west_o
            "mars_abs": ["allocator=mars"], "mars_signed": ["allocator=mars_signed"],
            # the authors' code: D^t = D₀ ∪ D_syn^t instead of the paper's accumulation
            "mars_abs_resample": ["allocator=mars", "loop.accumulate=false"]}
-COMPARED = (("mars_abs", "uniform"), ("mars_signed", "uniform"), ("mars_abs_resample", "mars_abs"))
+# the method's question, then whether augmentation helps at all, then accumulation against resampling
+COMPARED = (("mars_abs", "uniform"), ("mars_signed", "uniform"), ("uniform", "none"), ("mars_abs_resample", "mars_abs"))
 REPORTED = ("acc", "snr", "auc", "ece")
+# per round (rounds/round_XX.json): the spread of the base margins, the budget on the tenth of D₀
+# with the smallest and the largest |Δ|, on pairs the model mis-ranked, the curvature ratio, D₀ accuracy
+ROUND_COLUMNS = {"std_margin": lambda r: r["base_margin_std"],
+                 "smallest_tenth": lambda r: r["budget_by_abs_margin_decile"][0],
+                 "largest_tenth": lambda r: r["budget_by_abs_margin_decile"][-1],
+                 "misranked": lambda r: r["budget_misranked_fraction"],
+                 "curvature_ratio": lambda r: r["curvature_ratio"], "base_acc": lambda r: r["base_acc"]}
+# where the data marks flipped labels: the budget on them, and how often the model mis-ranked them
+NOISE_COLUMNS = {"on_flipped": "budget_on_flipped_fraction", "misranked_flipped": "misranked_among_flipped",
+                 "misranked_clean": "misranked_among_clean"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -144,7 +156,7 @@ def _interval(values) -> dict[str, float]:
 
 
 def summarise(runs: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
-    """{dataset: {method: {metric: {mean, lo, hi}}, "mars_abs - uniform": {...}, ...}}.
+    """{dataset: {method: {metric: {mean, lo, hi}, "rounds": [...]}, "mars_abs - uniform": {...}, ...}}.
 
     Means are over seeds. Each bootstrap draw resamples the held-out pairs (and the best-of-N
     prompts) and the seeds, both with replacement and the same for every method, so intervals and
@@ -177,6 +189,16 @@ def summarise(runs: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
                 values = [r[key] for run in rs for r in run["rounds"] if key in r]
                 if values:
                     table[method][name] = float(np.mean(values))
+            by_round = defaultdict(list)
+            for run in rs:
+                for r in run["rounds"]:
+                    by_round[r["round"]].append(r)
+            if by_round:  # means over seeds, round by round
+                table[method]["rounds"] = [{"round": t, **{k: float(np.mean([f(r) for r in by_round[t]]))
+                                                           for k, f in ROUND_COLUMNS.items()},
+                                            **{k: float(np.mean([r[key] for r in by_round[t]]))
+                                               for k, key in NOISE_COLUMNS.items() if key in by_round[t][0]}}
+                                           for t in sorted(by_round)]
         bon = {m: np.array([r["bon_picked"] for r in rs]) for m, rs in methods.items()
                if all("bon_picked" in r for r in rs)}
         if bon:  # best-of-N: the judged score of each model's pick, resampled over prompts and seeds
@@ -223,6 +245,21 @@ def markdown(summary: dict) -> str:
                     a = row[key]
                     lines.append(f"\n{method} {what}: {a['mean']:+.3f} [{a['lo']:+.3f}, {a['hi']:+.3f}] "
                                  "(paired bootstrap over pairs and seeds)")
+        rows = [(m, r) for m, row in table.items() for r in row.get("rounds", [])]
+        if rows:
+            noise = all("on_flipped" in r for _, r in rows)
+            lines += ["", "Per round, means over seeds: std of the base margins Δ on D₀, the budget on the tenth "
+                      "of D₀ with the smallest and the largest |Δ|, on mis-ranked pairs, the curvature ratio, "
+                      "D₀ accuracy" + ("; the budget on flipped pairs, and the share of flipped and of clean "
+                                       "pairs the model mis-ranked" if noise else ""), "",
+                      "| method | round | std Δ | smallest / largest \\|Δ\\| tenth | mis-ranked | curvature ratio "
+                      "| D₀ accuracy |" + (" on flipped | mis-ranked flipped / clean |" if noise else ""),
+                      "|---|---|---|---|---|---|---|" + ("---|---|" if noise else "")]
+            lines += [f"| {m} | {r['round']} | {r['std_margin']:.3f} | {r['smallest_tenth']:.3f} / "
+                      f"{r['largest_tenth']:.3f} | {r['misranked']:.3f} | {r['curvature_ratio']:.3f} | "
+                      f"{r['base_acc']:.3f} |" + (f" {r['on_flipped']:.3f} | {r['misranked_flipped']:.3f} / "
+                                                  f"{r['misranked_clean']:.3f} |" if noise else "")
+                      for m, r in rows]
         lines.append("")
     return "\n".join(lines)
 
@@ -252,13 +289,16 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--preset", default="cpu_study", help="cpu_study (CPU-scale) or paper (GPU, network)")
     r.add_argument("--temperature", type=float, default=0.5, help="τ of the mars allocators (the paper's 0.5)")
     r.add_argument("--out", type=Path, default=Path(os.environ.get("MARS_LOG_DIR", "logs")) / "study")
-    r.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
+    r.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value) for every job, anywhere on the line")
     a = sub.add_parser("aggregate", help="tables and plots of finished runs")
     a.add_argument("study_dir", type=Path)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # A Hydra override after a list option (`--methods none uniform finetune.layers=2`) is still an override.
+    overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")] if argv[:1] == ["run"] else []
+    args = parser.parse_args([a for a in argv if a not in overrides])
     if args.command == "run":
         run(args.datasets, args.methods, args.seeds, args.out.resolve(), args.preset, args.temperature,
-            args.overrides, args.parallel)
+            args.overrides + overrides, args.parallel)
     else:
         aggregate(args.study_dir)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mars.config import validate
-from mars.study import load_runs, summarise
+from mars.study import load_runs, markdown, summarise
 from mars.study import main as study_main
 from tests.conftest import DATA_DIR, compose_config, require_data
 
@@ -82,6 +82,42 @@ def test_intervals_are_plain_percentile_bootstrap_intervals():
     assert diff["hi"] - diff["lo"] < acc["hi"] - acc["lo"]  # pairing removes the shared noise
 
 
+def test_round_diagnostics_are_means_over_seeds_round_by_round():
+    def report(t: int, std: float, low: float, high: float, misranked: float, ratio: float, acc: float) -> dict:
+        return {"round": t, "base_margin_std": std, "budget_by_abs_margin_decile": [low] + [0.1] * 8 + [high],
+                "budget_misranked_fraction": misranked, "curvature_ratio": ratio, "base_acc": acc}
+
+    runs = [fake_run("mars_abs", np.linspace(-1, 1, 40), seed=1), fake_run("mars_abs", np.linspace(-1, 1, 40), seed=2)]
+    runs[0]["rounds"] = [report(1, 0.1, 0.12, 0.08, 0.4, 1.0, 0.6), report(2, 2.0, 0.2, 0.0, 0.2, 1.2, 0.9)]
+    runs[1]["rounds"] = [report(1, 0.3, 0.10, 0.06, 0.2, 1.1, 0.7), report(2, 1.0, 0.3, 0.1, 0.1, 1.4, 0.8)]
+    rows = summarise(runs, n_boot=10)["d"]["mars_abs"]["rounds"]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[0] == pytest.approx({"round": 1, "std_margin": 0.2, "smallest_tenth": 0.11, "largest_tenth": 0.07,
+                                     "misranked": 0.3, "curvature_ratio": 1.05, "base_acc": 0.65})
+    assert rows[1] == pytest.approx({"round": 2, "std_margin": 1.5, "smallest_tenth": 0.25, "largest_tenth": 0.05,
+                                     "misranked": 0.15, "curvature_ratio": 1.3, "base_acc": 0.85})
+    assert "| mars_abs | 2 | 1.500 | 0.250 / 0.050 | 0.150 | 1.300 | 0.850 |" in markdown(summarise(runs, n_boot=10))
+    # Known label noise: the budget on flipped pairs and the mis-ranking rates join the table.
+    for run, (flip, wrong) in zip(runs, [(0.2, 0.3), (0.3, 0.1)]):
+        for r in run["rounds"]:
+            r |= {"budget_on_flipped_fraction": flip, "misranked_among_flipped": wrong, "misranked_among_clean": 0.1}
+    rows = summarise(runs, n_boot=10)["d"]["mars_abs"]["rounds"]
+    assert rows[1]["on_flipped"] == pytest.approx(0.25) and rows[1]["misranked_flipped"] == pytest.approx(0.2)
+    assert "| 0.850 | 0.250 | 0.200 / 0.100 |" in markdown(summarise(runs, n_boot=10))
+
+
+def test_overrides_may_follow_list_options(monkeypatch):
+    import mars.study
+
+    calls = []
+    monkeypatch.setattr(mars.study, "run", lambda *args: calls.append(args))
+    study_main(["run", "--methods", "none", "uniform", "finetune.layers=2", "--seeds", "1", "2", "trainer=cpu",
+                "--out", "x"])
+    datasets, methods, seeds, out, preset, tau, overrides, parallel = calls[0]
+    assert methods == ["none", "uniform"] and seeds == [1, 2] and out.name == "x"
+    assert overrides == ["finetune.layers=2", "trainer=cpu"]
+
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -119,7 +155,7 @@ def test_shortened_cpu_study_and_aggregation(tmp_path, monkeypatch, capsys):
     study_main(["run", "--datasets", "hh_rlhf", "--seeds", "1", "2", "--parallel", "2", "--out", str(out), *small])
     summary = json.loads((out / "results.json").read_text())["hh_rlhf"]
     assert set(summary) == {"none", "uniform", "west_of_n", "mars_abs", "mars_signed",
-                            "mars_abs - uniform", "mars_signed - uniform"}
+                            "mars_abs - uniform", "mars_signed - uniform", "uniform - none"}
     runs = load_runs(out)
     for method in ("none", "uniform", "west_of_n", "mars_abs", "mars_signed"):
         assert summary[method]["seeds"] == 2
@@ -140,6 +176,7 @@ def test_shortened_cpu_study_and_aggregation(tmp_path, monkeypatch, capsys):
     assert (diff["lo"], diff["hi"]) == pytest.approx(tuple(np.percentile(delta, [2.5, 97.5])))
     table = (out / "results.md").read_text()
     assert "| mars_signed | 2 |" in table and "paired bootstrap" in table and "best-of-N win-rate |" in table
+    assert "| mars_abs | 1 |" in table and "| uniform | 1 |" in table  # the per-round diagnostics
     for name in ("accuracy.png", "margins.png", "budget_vs_margin.png", "curvature.png", "best_of_n.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
     assert len(list(out.rglob("test_scores.json"))) == 10 and os.path.isdir(out / "hh_rlhf" / "mars_abs" / "seed2")
