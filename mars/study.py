@@ -1,6 +1,6 @@
 """The comparison study: one command runs method × dataset × seed and aggregates the results.
 
-    python -m mars.study run [--datasets hh_rlhf ...] [--methods none uniform ...] [--seeds 1 2 3 4 5] [--parallel 2]
+    python -m mars.study run [--datasets hh_rlhf ...] [--methods none uniform ...] [--seeds 1 2 3 4 5] [--parallel 2] [key=value ...]
     python -m mars.study aggregate logs/study
 
 `run` launches one train.py per job with the `cpu_study_<dataset>` preset (or `--preset paper`
@@ -281,7 +281,8 @@ def aggregate(study_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mars.study", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run the multiruns, then aggregate")
+    r = sub.add_parser("run", help="run the multiruns, then aggregate",
+                       epilog="Hydra overrides (key=value) anywhere on the line go to every job's train.py.")
     r.add_argument("--datasets", nargs="+", default=["hh_rlhf", "pku_saferlhf", "ultrafeedback", "ultrafeedback_noisy"])
     r.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "mars_abs_resample"])
     r.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
@@ -289,16 +290,16 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--preset", default="cpu_study", help="cpu_study (CPU-scale) or paper (GPU, network)")
     r.add_argument("--temperature", type=float, default=0.5, help="τ of the mars allocators (the paper's 0.5)")
     r.add_argument("--out", type=Path, default=Path(os.environ.get("MARS_LOG_DIR", "logs")) / "study")
-    r.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value) for every job, anywhere on the line")
     a = sub.add_parser("aggregate", help="tables and plots of finished runs")
     a.add_argument("study_dir", type=Path)
     argv = sys.argv[1:] if argv is None else argv
-    # A Hydra override after a list option (`--methods none uniform finetune.layers=2`) is still an override.
+    # Overrides are taken out before parsing: after a list option (`--methods none finetune.layers=2`)
+    # argparse would read them as its values.
     overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")] if argv[:1] == ["run"] else []
     args = parser.parse_args([a for a in argv if a not in overrides])
     if args.command == "run":
         run(args.datasets, args.methods, args.seeds, args.out.resolve(), args.preset, args.temperature,
-            args.overrides + overrides, args.parallel)
+            overrides, args.parallel)
     else:
         aggregate(args.study_dir)
 
