@@ -67,13 +67,20 @@ def command(seed: int, dataset: str, method: str, out: Path, preset: str, temper
             *extra]
 
 
-def run(datasets: list[str], methods: list[str], seeds: list[int], out: Path, preset: str, temperature: float,
+def run(datasets: list[str] | None, methods: list[str], seeds: list[int], out: Path, preset: str, temperature: float,
         extra: list[str], parallel: int = 1) -> None:
     """Every job not finished yet, `parallel` at a time (never two of one dataset: they share a
     feature cache), each on its share of the cores; progress per job; then `aggregate`."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"--methods {' '.join(unknown)}: unknown; the methods are {', '.join(METHODS)}")
+    presets = ROOT / "conf" / "experiment"
+    known = sorted(f.stem[len(preset) + 1:] for f in presets.glob(f"{preset}_*.yaml"))
+    datasets = datasets or known
+    missing = [d for d in datasets if d not in known]
+    if missing:  # before any job starts, not once per failed job
+        raise ValueError(f"--datasets {' '.join(missing)}: no preset {preset}_<dataset> in {presets}; "
+                         f"the datasets of --preset {preset} are {', '.join(known)}")
     todo = [j for j in jobs(datasets, methods, seeds)
             if not (out / j[1] / j[2] / f"seed{j[0]}" / "metrics.json").exists()]  # written last
     total, done, failed, busy = len(todo), [], [], set()
@@ -283,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the multiruns, then aggregate",
                        epilog="Hydra overrides (key=value) anywhere on the line go to every job's train.py.")
-    r.add_argument("--datasets", nargs="+", default=["hh_rlhf", "pku_saferlhf", "ultrafeedback", "ultrafeedback_noisy"])
+    r.add_argument("--datasets", nargs="+", help="default: every dataset with a <preset>_<dataset> preset")
     r.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "mars_abs_resample"])
     r.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     r.add_argument("--parallel", type=int, default=1, help="jobs at a time, each on its share of the cores")
@@ -298,8 +305,11 @@ def main(argv: list[str] | None = None) -> None:
     overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")] if argv[:1] == ["run"] else []
     args = parser.parse_args([a for a in argv if a not in overrides])
     if args.command == "run":
-        run(args.datasets, args.methods, args.seeds, args.out.resolve(), args.preset, args.temperature,
-            overrides, args.parallel)
+        try:
+            run(args.datasets, args.methods, args.seeds, args.out.resolve(), args.preset, args.temperature,
+                overrides, args.parallel)
+        except ValueError as e:  # a bad --methods or --datasets: the message, not a traceback
+            parser.error(str(e))
     else:
         aggregate(args.study_dir)
 

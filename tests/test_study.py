@@ -118,6 +118,17 @@ def test_overrides_may_follow_list_options(monkeypatch):
     assert overrides == ["finetune.layers=2", "trainer=cpu"]
 
 
+@pytest.mark.parametrize("option, value, named", [("--methods", "bogus", "the methods are none"),
+                                                  ("--datasets", "hh", "are hh_rlhf, pku_saferlhf")])
+def test_a_bad_method_or_dataset_is_named_before_any_job(option, value, named, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        study_main(["run", option, value, "--out", str(tmp_path / "study")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{option} {value}" in err and named in err
+    assert not (tmp_path / "study").exists()
+
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
