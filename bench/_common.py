@@ -1,9 +1,12 @@
 """Shared helpers of the benchmarks (not part of the package or the test suite).
 
 Every benchmark composes the *real* Hydra config (`conf/`) the way `tests/conftest.py` does,
-runs the real code path (`train.train`, `MarsLoop.build_round`, `mars.model.scoring.Scorer`) and
-measures it from the outside: Lightning callbacks for timing and token counts, a psutil thread
-for memory, `os.getloadavg()` at the start and end of every measurement.
+runs the real code path (`mars.cli.train.train`, `MarsLoop.next_training_set`,
+`mars.model.scoring.Scorer`) and measures it through public hooks only, never by wrapping or
+replacing mars's functions: Lightning callbacks for epoch timing and token counts, the round's
+own timing in the loop's report (`loop.last_report["seconds"]`), the scorer's accumulated
+`scorer.time`, wall clocks around public calls, a psutil thread for memory, `os.getloadavg()` at
+the start and end of every measurement.
 """
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ import platform
 import resource
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,8 +27,6 @@ import lightning as L
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # train.py is a top-level script
 
 os.environ.setdefault("MARS_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -203,7 +203,7 @@ def write_hh_jsonl_gz(rows: list[dict], path: Path) -> str:
 
 def compose(overrides: list[str], output_dir: Path, name: str = "train"):
     """`conf/train.yaml` composed with `overrides` (as the tests do), paths in `output_dir`."""
-    from mars.utils import compose_run_config
+    from mars.cli.runtime import compose_run_config
 
     return compose_run_config(name, overrides, output_dir, DATA_DIR)
 
@@ -229,7 +229,7 @@ def quiet_logging() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Lightning callbacks and the round timer
+# Lightning callbacks: epoch and round timers
 
 def batch_tokens(batch: dict) -> tuple[int, int]:
     """(non-padding tokens, token slots) of a batch. Padded batches: the attention mask's sum and
@@ -247,9 +247,10 @@ class EpochTimer(L.Callback):
 
     Per epoch: `train_s` = on_train_epoch_start → on_train_epoch_end minus the validation that
     Lightning runs inside that window. It includes data loading/collation, forward, backward,
-    optimiser and scheduler steps, per-step logging and the module's epoch-end metrics; it
-    excludes model loading, tokenisation (done once in `setup`) and the round building of
-    `train_dataloader()` (timed by `patch_round_timer`). Also: pairs, sequences, non-padding and
+    optimiser and scheduler steps and per-step logging; it excludes model loading, tokenisation
+    (done once in `setup`), and everything between two epochs: the module's epoch-end metrics and
+    the next epoch's `train_dataloader()`, where the MARS round is built (see `RoundTimer`). Also:
+    pairs, sequences, non-padding and
     padded token counts, loadavg at the epoch's start and end. With `memory=True` an RSS sampler
     runs from on_train_start to on_train_end.
     """
@@ -312,32 +313,61 @@ def find_callback(trainer, cls):
     return next(c for c in trainer.callbacks if isinstance(c, cls))
 
 
-ROUND_TIMES: list[dict] = []
+class RoundTimer(L.Callback):
+    """The MARS round of every training epoch, read through public hooks (nothing is wrapped).
 
+    At `on_train_epoch_start`, which Lightning calls after the epoch's `train_dataloader()` has
+    built its round (and after mars's RoundReporter, the first callback, has written it):
 
-def patch_round_timer() -> None:
-    """Time `PreferenceDataModule.train_dataloader` (where the MARS round is built) from outside.
+    - `round_s`, `prediction_pass_s`: the round's own timing from the loop's report,
+      `trainer.datamodule.loop.last_report["seconds"]` (`MarsLoop.build_round`: prediction pass,
+      allocation, augmentation, D^t; 0 for warm-up and plain epochs, which build no round);
+    - `scoring_s`, `scored_rows`: what the loop's scorer spent since the previous epoch
+      (`loop.scorer.time`, accumulated by the scorer itself);
+    - `boundary_s`, `boundary_cpu_s`: wall clock and CPU time from this callback's previous
+      `on_train_epoch_end` to this `on_train_epoch_start`, i.e. everything between two epochs as a
+      whole: the module's epoch-end metrics, `train_dataloader()` (the round, the held-out leak
+      check and digest of D^t, tokenising D^t, the loader), Lightning's loader set-up (its first
+      batch prefetched), the round's JSON, PNG and logger metrics, and a checkpoint if one is saved
+      at epoch end (benchmarks timing this pass `NO_CHECKPOINTS`). None for the first epoch, whose
+      loader is built before `on_train_start`. `boundary_window` is its (start, end) perf_counter.
 
-    Wraps the method on the class in *this* process only; mars's code is not changed.
+    `fresh` keeps (report, detail) of every newly built round, as RoundReporter hands them to
+    `mars.lightning.rounds.write_round`, so a benchmark can time that public call on its own.
     """
-    from mars.data.datamodule import PreferenceDataModule
 
-    if getattr(PreferenceDataModule.train_dataloader, "_bench_wrapped", False):
-        return
-    original = PreferenceDataModule.train_dataloader
+    def __init__(self):
+        self.rounds: list[dict] = []
+        self.fresh: list[tuple[dict, dict]] = []
+        self._end: Optional[tuple[float, float]] = None
+        self._scored = (0.0, 0)
 
-    def timed(self):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = original(self)
-        epoch = self.trainer.current_epoch if self.trainer else -1
-        ROUND_TIMES.append({"epoch": epoch, "round_s": time.perf_counter() - t0,
-                            "round_cpu_s": time.process_time() - c0,
-                            "report": {k: v for k, v in (self.last_report or {}).items()
-                                       if isinstance(v, (int, float, bool))}})
-        return out
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._end = (time.perf_counter(), time.process_time())
 
-    timed._bench_wrapped = True
-    PreferenceDataModule.train_dataloader = timed
+    def on_train_epoch_start(self, trainer, pl_module):
+        now = (time.perf_counter(), time.process_time())
+        loop = trainer.datamodule.loop
+        report = loop.last_report or {}
+        seconds = report.get("seconds") or {}
+        spent = (loop.scorer.time.seconds, loop.scorer.time.rows) if loop.scorer is not None else (0.0, 0)
+        self.rounds.append({
+            "epoch": trainer.current_epoch, "round_s": seconds.get("round", 0.0),
+            "prediction_pass_s": seconds.get("prediction_pass", 0.0),
+            "scoring_s": spent[0] - self._scored[0], "scored_rows": spent[1] - self._scored[1],
+            "boundary_s": now[0] - self._end[0] if self._end else None,
+            "boundary_cpu_s": now[1] - self._end[1] if self._end else None,
+            "boundary_window": (self._end[0], now[0]) if self._end else None,
+            "report": {k: v for k, v in report.items() if isinstance(v, (int, float, bool))}})
+        if seconds and loop.history:  # a round built for this epoch (not a warm-up, not restored)
+            self.fresh.append((report, loop.history[-1]))
+        self._scored, self._end = spent, None
+
+
+# Config overrides of a run timed by `RoundTimer`: the callback, and no checkpoint saved between
+# epochs (it would fall inside the epoch boundary).
+ROUND_TIMER = ["+callbacks.bench_rounds._target_=_common.RoundTimer"]
+NO_CHECKPOINTS = ["++trainer.enable_checkpointing=false"]
 
 
 def non_embedding_params(model) -> int:

@@ -144,7 +144,7 @@ def build(method: str, args):
                                   temperature=0.7, batch_size=args.batch_size,
                                   min_length_ratio=args.min_length_ratio,
                                   min_similarity=args.min_similarity, device="cpu", seed=0)
-        from mars.augmenters import local_lm
+        from mars.generation import local as local_lm
 
         aug._local_model = local_lm.load(aug.model, "cpu")
         settings = {"model": "smollm2 (SmolLM2-135M-Instruct, fp32)", "temperature": 0.7,
@@ -246,13 +246,13 @@ def semantic(dataset: str, args) -> dict:
 def score(dataset: str, folder: str, args) -> None:
     from mars.data.format import PairFormatter
     from mars.data.records import PreferencePair
-    from mars.export import load_for_eval
+    from mars.model.export import load_for_eval
     from mars.model.scoring import Scorer
 
-    module = load_for_eval(folder)
-    cfg = module.backbone_cfg
-    scorer = Scorer(PairFormatter(module.tokenizer, cfg.max_length, cfg.min_prompt_tokens),
-                    module.tokenizer.pad_token_id, 16, module=module)
+    loaded = load_for_eval(folder)  # LoadedRewardModel: .model is the RewardModel
+    cfg = loaded.backbone_cfg
+    scorer = Scorer(PairFormatter(loaded.tokenizer, cfg.max_length, cfg.min_prompt_tokens),
+                    loaded.tokenizer.pad_token_id, loaded.model, 16)
     for method in METHODS:
         result = merged(args.out, dataset, method, args.min_length_ratio)
         if result is None:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/fast_modes.py           # 500 HH pairs, 2 epochs, 500 held out
     .venv/bin/python bench/fast_modes.py --quick   # 48 pairs, 1 epoch (a smoke run)
 
-Each mode runs the real `train.train(cfg)` on the same split of the shared HH-RLHF file
+Each mode runs the real `mars.cli.train.train(cfg)` on the same split of the shared HH-RLHF file
 (data=hh_rlhf_offline: N training pairs, 200 validation, 500 test pairs never trained on),
 MiniLM, max length 256, 16 pairs per batch, allocator=none augmenter=none, fp32:
 
@@ -15,7 +15,7 @@ MiniLM, max length 256, 16 pairs per batch, allocator=none augmenter=none, fp32:
 A fast mode runs twice on one feature cache: cold (the frozen part computes every sequence once)
 and warm (a later run of a sweep: every feature comes from the disk cache). Reported: held-out
 accuracy with its 95% bootstrap interval over pairs (`mars.evaluation.bootstrap` on the run's
-test_scores.json) and wall time of `train.train` (model loading, tokenising, training,
+test_scores.json) and wall time of `mars.cli.train.train` (model loading, tokenising, training,
 validation, testing). Then one CPU-scale study sweep point as a user starts it, a new process:
 `python train.py experiment=cpu_study_hh_rlhf allocator=mars allocator.temperature=2 seed=1`,
 cold and warm, wall time including Python start-up.
@@ -42,7 +42,7 @@ def run_mode(finetune: list[str], lr: float, args, out: Path, cache: Path) -> di
     import numpy as np
     from omegaconf import open_dict
 
-    import train as train_script
+    import mars.cli.train as train_script
     from mars.evaluation.pairwise import bootstrap
 
     cfg = C.compose(["data=hh_rlhf_offline", f"data.train_size={args.train}", "data.val_size=200",

@@ -93,7 +93,7 @@ def build(pool: int, pairs: int, batches: int, max_length: int, root: Path):
     from mars.data.batch import Collator, PackedCollator, PairBatchSampler
     from mars.data.format import PairFormatter
     from mars.model.backbone import load_tokenizer
-    from mars.model.module import RewardModule
+    from mars.lightning.module import RewardModule
 
     cfg = C.compose(["data=hh_rlhf_offline", f"backbone.max_length={max_length}"], root)
     backbone, finetune, optim, loss = (typed(cfg, g) for g in ("backbone", "finetune", "optim", "loss"))

@@ -3,7 +3,7 @@
     .venv/bin/python bench/prediction_pass.py           # 256 HH pairs, MiniLM, max_length 256
     .venv/bin/python bench/prediction_pass.py --quick   # 32 pairs (a smoke run)
 
-One process runs the real `train.train(cfg)` (data=hh_rlhf_offline, allocator=none, 8 pairs per
+One process runs the real `mars.cli.train.train(cfg)` (data=hh_rlhf_offline, allocator=none, 8 pairs per
 batch) for `--epochs` epochs on the N base pairs; training pairs/s is the median over epochs
 (each epoch timed by a callback; validation switched off, `trainer.limit_val_batches=0`). Then,
 with the trained model still attached, the run's own scorer, `loop.scorer.pairs(pairs,
@@ -22,23 +22,22 @@ from pathlib import Path
 import _common as C
 
 
-class CountingCollator:
-    """Wraps the scorer's collator (this scorer instance only) and counts the rows and tokens it
-    pads (packed batches: no padding, see `_common.batch_tokens`)."""
+class Counted:
+    """Rows, real tokens and token slots the scorer ran inside a `with` block, from its own
+    cumulative counters (`scorer.time`)."""
 
-    def __init__(self, inner):
-        self.inner, self.tokens, self.padded, self.rows = inner, 0, 0, 0
+    def __init__(self, scorer):
+        self.scorer = scorer
 
-    def __call__(self, rows):
-        out = self.inner(rows)
-        tokens, slots = C.batch_tokens(out)
-        self.tokens += tokens
-        self.padded += slots
-        self.rows += len(rows)
-        return out
+    def __enter__(self):
+        t = self.scorer.time
+        self.start = (t.rows, t.tokens, t.slots)
+        return self
 
-    def reset(self):
-        self.tokens = self.padded = self.rows = 0
+    def __exit__(self, *exc):
+        t = self.scorer.time
+        self.rows, self.tokens, self.padded = (t.rows - self.start[0], t.tokens - self.start[1],
+                                               t.slots - self.start[2])
 
 
 def train_and_score(n_pairs: int, epochs: int, repeats: int, max_length: int = 256, batch: int = 8,
@@ -46,7 +45,7 @@ def train_and_score(n_pairs: int, epochs: int, repeats: int, max_length: int = 2
                     alt_eval_batches: tuple[int, ...] = ()) -> dict:
     """Train `epochs` epochs on `n_pairs` HH pairs with the real config, then time the prediction pass."""
     C.quiet_logging()
-    import train as train_script
+    import mars.cli.train as train_script
 
     with tempfile.TemporaryDirectory(prefix="mars_bench_pred_") as d:
         cfg = C.compose([
@@ -61,12 +60,9 @@ def train_and_score(n_pairs: int, epochs: int, repeats: int, max_length: int = 2
         dm, module = objs["datamodule"], objs["model"]
         base = dm.loop.base
         scorer = dm.loop.scorer
-        counter = CountingCollator(scorer.collate)
-        scorer.collate = counter
         scoring = []
         for r in range(repeats):
-            counter.reset()
-            with C.Measure() as m:
+            with C.Measure() as m, Counted(scorer) as counter:
                 scores = scorer.pairs(base, features=True)
             assert len(scores.margins) == len(base) and 0 < counter.rows <= 2 * len(base)
             scoring.append({"s": m.seconds, "cpu_s": m.cpu_seconds, "pairs": len(base), "rows": counter.rows,
@@ -80,8 +76,7 @@ def train_and_score(n_pairs: int, epochs: int, repeats: int, max_length: int = 2
             scorer.batch_size = bs
             runs = []
             for r in range(repeats):
-                counter.reset()
-                with C.Measure() as m:
+                with C.Measure() as m, Counted(scorer) as counter:
                     scorer.pairs(base, features=True)
                 runs.append({"s": m.seconds, "cpu_s": m.cpu_seconds, "tokens": counter.tokens, "padded": counter.padded})
             scorer.batch_size = eval_batch

@@ -3,24 +3,31 @@
     .venv/bin/python bench/scaling.py           # |D0| 1k/2k/4k at B=1000; B 500/1000/2000 at |D0|=2k
     .venv/bin/python bench/scaling.py --quick   # |D0| 100/200/400, B 50/100/200
 
-A round is what the DataModule's `train_dataloader()` does at the start of a MARS epoch:
-`MarsLoop.build_round` (prediction pass over D0 with the head's features, allocation with the
-mars allocator τ=0.5, EDA augmentation served from the SQLite cache, D^t) and then the D^t
-digest, the round report (`log_round`: JSON + PNG in a temporary folder) and tokenising D^t for
-the loader. Both are timed: `build_round` alone and the whole `train_dataloader()`.
+A round is what a MARS epoch does before it trains, here as plain public calls, each timed with a
+wall clock: `MarsLoop.next_training_set(1)` (the round, `build_round`: prediction pass over D0
+with the head's features, allocation with the mars allocator τ=0.5, EDA augmentation served from
+the SQLite cache, D^t; then the held-out leak check and the D^t digest), the round report
+(`mars.lightning.rounds.write_round`: JSON + PNG in a temporary folder, as the RoundReporter
+callback writes it), tokenising D^t (`PairFormatter.encode`) and the training loader built from
+mars's public pieces (`PairBatchSampler` or `TokenBudgetSampler`, `Collator`), as the DataModule
+builds it. `build_round` and its prediction pass are the round's own timing in the loop's report
+(`loop.last_report["seconds"]`), the scorer's `scorer.time` beside it; the full round is the sum of
+the four calls.
 
-The scorer (`mars.model.scoring.Scorer` on the module, as train.py builds it) runs the *tiny* backbone (conf/backbone/tiny.yaml: a random 2-layer BERT, hidden 32,
-max_length 64) so that the figures measure the loop's own scaling, not a large model's forward.
-The DataModule is the real one, set up from a temporary local JSONL of the pairs (`data=local`),
-with a stub trainer object (rank 0 of 1, epoch 1, no loggers) standing in for Lightning's.
+The scorer (`mars.model.scoring.Scorer` over a plain reward model, `mars.model.build.build_reward_model`,
+the model a run's RewardModule holds) runs the *tiny* backbone (conf/backbone/tiny.yaml: a random
+2-layer BERT, hidden 32, max_length 64) so that the figures measure the loop's own scaling, not a
+large model's forward. D0 and the held-out splits come from a temporary local JSONL of the pairs
+(`data=local`) through `mars.data.splits.load_splits`, handed to `loop.start` as the DataModule
+does; no Lightning trainer is involved.
 
 Data: HH-RLHF has 2,308 usable pairs, so the pool is HH plus PKU-SafeRLHF (3,000), deduplicated
 and shuffled with a fixed seed; every size is a prefix of the same shuffled pool (the same mix of
 sources at every size; no duplicated texts, which would hit the caches unfairly).
 
 Each configuration: one untimed round fills the EDA cache; then `--repeats` timed rounds, each on a
-fresh loop (no history) and a tokeniser memo holding D0 only (as after `setup()`); the median is
-reported. Growth ratio per doubling: linear scaling is ≈ 2.0.
+fresh loop (no history) and a fresh formatter whose memo holds D0 and the held-out splits only (as
+after the DataModule's `setup()`); the median is reported. Growth ratio per doubling: linear scaling is ≈ 2.0.
 """
 from __future__ import annotations
 
@@ -29,7 +36,6 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import _common as C
 
@@ -47,18 +53,16 @@ def pool_pairs(n: int) -> list:
     return pool[:n]
 
 
-def setup_round(pairs, budget: int, root: Path, tag: str):
-    """The real DataModule (set up from a local file of `pairs`) with a mars loop and the tiny scorer."""
+def setup_round(pairs, budget: int, root: Path, tag: str) -> dict:
+    """What every round of a configuration shares: config, splits of `pairs` (a local file),
+    the tiny reward model, the mars allocator and the EDA augmenter (with its cache)."""
     import hydra
     import torch
 
     from mars.config import typed
-    from mars.data.datamodule import PreferenceDataModule
-    from mars.data.format import PairFormatter
-    from mars.loop import MarsLoop
+    from mars.data.splits import load_splits
     from mars.model.backbone import load_tokenizer
-    from mars.model.module import RewardModule
-    from mars.model.scoring import Scorer
+    from mars.model.build import build_reward_model
 
     path = root / f"pairs_{tag}.jsonl"
     with open(path, "w") as f:
@@ -67,65 +71,82 @@ def setup_round(pairs, budget: int, root: Path, tag: str):
     cfg = C.compose(["backbone=tiny", "allocator=mars", "augmenter=eda", "data=local", f"data.path={path}",
                      "data.fields.id=id", "data.val_size=1", "data.test_size=0", "data.train_size=-1",
                      f"loop.budget={budget}", "loop.warmup_epochs=1", "loop.accumulate=true"], root / "run")
-    data, backbone, finetune, optim, loss, loop_cfg = (typed(cfg, g) for g in
-                                                       ("data", "backbone", "finetune", "optim", "loss", "loop"))
+    data, backbone, finetune = (typed(cfg, g) for g in ("data", "backbone", "finetune"))
     torch.manual_seed(0)
     tokenizer = load_tokenizer(backbone)
-    module = RewardModule(backbone, finetune, optim, loss, cfg.seed, tokenizer)
-    module.configure_model()
+    return {"cfg": cfg, "data": data, "backbone": backbone, "loop": typed(cfg, "loop"), "tokenizer": tokenizer,
+            "model": build_reward_model(backbone, finetune, tokenizer), "splits": load_splits(data),
+            "allocator": hydra.utils.instantiate(cfg.allocator), "augmenter": hydra.utils.instantiate(cfg.augmenter),
+            "out_dir": str(root / f"out_{tag}")}
+
+
+def fresh_loop(s: dict):
+    """A new loop over D0 with a plain Scorer over the reward model, and a new formatter whose memo
+    holds D0 and the held-out splits (what the DataModule's `setup()` tokenises)."""
+    from mars.data.format import PairFormatter
+    from mars.method.loop import MarsLoop
+    from mars.model.scoring import Scorer
+
+    data, backbone, tokenizer = s["data"], s["backbone"], s["tokenizer"]
     formatter = PairFormatter(tokenizer, backbone.max_length, backbone.min_prompt_tokens)
-    # The scorer as train.py builds it, on the module directly (no Lightning trainer here).
-    scorer = Scorer(formatter, tokenizer.pad_token_id, data.eval_batch_size, module=module,
-                    packing=data.packing, max_tokens=data.max_tokens_per_batch)
-    loop = MarsLoop(loop_cfg, hydra.utils.instantiate(cfg.allocator), hydra.utils.instantiate(cfg.augmenter),
-                    scorer, seed=cfg.seed)
-    out_dir = root / f"out_{tag}"
-    dm = PreferenceDataModule(data, formatter, loop, cfg.seed, str(out_dir))
-    dm.setup("fit")
-    dm.trainer = SimpleNamespace(lightning_module=module, global_rank=0, world_size=1, current_epoch=1,
-                                 loggers=[], global_step=0)
-    return dm, loop
+    scorer = Scorer(formatter, tokenizer.pad_token_id, s["model"], data.eval_batch_size, packing=data.packing,
+                    max_tokens=data.max_tokens_per_batch)
+    loop = MarsLoop(s["loop"], s["allocator"], s["augmenter"], scorer, seed=s["cfg"].seed)
+    heldout = {"val": s["splits"]["val"], "test": s["splits"]["test"]}
+    for split in [loop.start(s["splits"]["train"], heldout), *heldout.values()]:
+        formatter.encode(split)
+    return loop, formatter
+
+
+def train_loader(encoded, data, pad_id: int, seed: int, epoch: int):
+    """The epoch's training loader from mars's public pieces, as the DataModule builds it (rank 0 of 1)."""
+    from torch.utils.data import DataLoader
+
+    from mars.data.batch import Collator, PackedCollator, PairBatchSampler, TokenBudgetSampler
+
+    if data.packing:
+        sampler = TokenBudgetSampler([len(e.chosen) + len(e.rejected) for e in encoded], data.max_tokens_per_batch,
+                                     shuffle=True, seed=seed, epoch=epoch)
+        collate = PackedCollator()
+    else:
+        sampler = PairBatchSampler([e.length for e in encoded], data.batch_size, shuffle=True, seed=seed, epoch=epoch,
+                                   length_grouping=data.length_grouping)
+        collate = Collator(pad_id)
+    return DataLoader(encoded, batch_sampler=sampler, collate_fn=collate, num_workers=data.num_workers)
 
 
 def time_rounds(pairs, budget: int, repeats: int, root: Path, tag: str) -> dict:
-    dm, loop = setup_round(pairs, budget, root, tag)
-    memo0 = dict(dm.formatter._memo)  # after setup(): D0's texts only
-    score_s: list[float] = []
-    original_score = loop.scorer.pairs
+    from mars.lightning.rounds import write_round
 
-    def timed_score(ps, features=False):
-        t0 = time.perf_counter()
-        out = original_score(ps, features)
-        score_s.append(time.perf_counter() - t0)
-        return out
-
-    loop.scorer.pairs = timed_score  # this scorer instance only
+    s = setup_round(pairs, budget, root, tag)
     runs = []
     for r in range(repeats + 1):
-        loop.synthetic, loop.history = [], []
-        dm.formatter._memo = dict(memo0)
-        score_s.clear()
-        before = dict(loop.augmenter.stats)
-        with C.Measure() as m_build:
-            report = loop.build_round(1)
-        loop.synthetic, loop.history = [], []  # train_dataloader builds the same round again
-        dm.formatter._memo = dict(memo0)
-        score_s.clear()
-        with C.Measure() as m_full:
-            dm.train_dataloader()
+        loop, formatter = fresh_loop(s)
+        before, scored = dict(loop.augmenter.stats), loop.scorer.time.seconds
+        with C.Measure() as m_round:
+            d_t = loop.next_training_set(1)
+        report = loop.last_report
+        with C.Measure() as m_log:
+            write_round(report, loop.history[-1], s["out_dir"])
+        with C.Measure() as m_encode:
+            encoded = formatter.encode(d_t)
+        with C.Measure() as m_loader:
+            batches = len(train_loader(encoded, s["data"], s["tokenizer"].pad_token_id, s["cfg"].seed, 1))
+        parts = (m_round, m_log, m_encode, m_loader)
         gen = loop.augmenter.stats["generated"] - before.get("generated", 0)
-        runs.append({"build_round_s": m_build.seconds, "train_dataloader_s": m_full.seconds,
-                     "build_round_cpu_s": m_build.cpu_seconds, "train_dataloader_cpu_s": m_full.cpu_seconds,
-                     "score_s": score_s[0] if score_s else None, "generated": gen,
-                     "synthetic": report.get("synthetic_added"), "d_t": len(loop.training_set()),
-                     "load_start": m_build.load_start, "load_end": m_full.load_end, "fill": r == 0})
+        runs.append({"build_round_s": report["seconds"]["round"], "score_s": report["seconds"]["prediction_pass"],
+                     "scorer_s": loop.scorer.time.seconds - scored, "next_training_set_s": m_round.seconds,
+                     "log_round_s": m_log.seconds, "encode_s": m_encode.seconds, "loader_s": m_loader.seconds,
+                     "full_round_s": sum(m.seconds for m in parts), "round_cpu_s": m_round.cpu_seconds,
+                     "full_round_cpu_s": sum(m.cpu_seconds for m in parts), "batches": batches,
+                     "generated": gen, "synthetic": report.get("synthetic_added"), "d_t": len(d_t),
+                     "d0": len(loop.base), "load_start": m_round.load_start, "load_end": m_loader.load_end,
+                     "fill": r == 0})
     timed = runs[1:]
-    return {"d0": len(loop.base), "budget": budget, "runs": runs,
-            "build_round_s": C.median([x["build_round_s"] for x in timed]),
-            "train_dataloader_s": C.median([x["train_dataloader_s"] for x in timed]),
-            "score_s": C.median([x["score_s"] for x in timed]),
-            "build_round_cpu_s": C.median([x["build_round_cpu_s"] for x in timed]),
-            "train_dataloader_cpu_s": C.median([x["train_dataloader_cpu_s"] for x in timed]),
+    fields = ("build_round_s", "score_s", "scorer_s", "next_training_set_s", "log_round_s", "encode_s", "loader_s",
+              "full_round_s", "round_cpu_s", "full_round_cpu_s")
+    return {"d0": runs[0]["d0"], "budget": budget, "runs": runs,
+            **{f: C.median([x[f] for x in timed]) for f in fields},
             "generated_in_timed": sum(x["generated"] for x in timed)}
 
 
@@ -156,9 +177,11 @@ def main() -> None:
                     done[(n, b)] = res
                     for x in res["runs"]:
                         print(f"  |D0|={n} B={b} {'fill ' if x['fill'] else 'timed'}: build_round {x['build_round_s']:.2f} s "
-                              f"(prediction pass {x['score_s']:.2f} s), train_dataloader {x['train_dataloader_s']:.2f} s, "
-                              f"|D^t|={x['d_t']}, generated {x['generated']}; loadavg {C.fmt_load(x['load_start'])} → "
-                              f"{C.fmt_load(x['load_end'])}", flush=True)
+                              f"(prediction pass {x['score_s']:.2f} s), full round {x['full_round_s']:.2f} s = "
+                              f"next_training_set {x['next_training_set_s']:.2f} + write_round {x['log_round_s']:.2f} + "
+                              f"encode D^t {x['encode_s']:.2f} + loader {x['loader_s']:.3f}; |D^t|={x['d_t']}, generated "
+                              f"{x['generated']}; loadavg {C.fmt_load(x['load_start'])} → {C.fmt_load(x['load_end'])}",
+                              flush=True)
                 results[sweep].append(done[(n, b)])
     load1 = C.loadavg()
     print()
@@ -166,8 +189,8 @@ def main() -> None:
     for sweep, key, label in (("d0", "d0", "|D0|"), ("budget", "budget", "B")):
         rs = results[sweep]
         print(f"{label:>6}{'build_round s':>15}{'ratio':>8}{'pred. pass s':>14}{'ratio':>8}{'full round s':>14}"
-              f"{'ratio':>8}{'build CPU s':>14}{'ratio':>8}{'full CPU s':>14}{'ratio':>8}")
-        fields = ("build_round_s", "score_s", "train_dataloader_s", "build_round_cpu_s", "train_dataloader_cpu_s")
+              f"{'ratio':>8}{'round CPU s':>14}{'ratio':>8}{'full CPU s':>14}{'ratio':>8}")
+        fields = ("build_round_s", "score_s", "full_round_s", "round_cpu_s", "full_round_cpu_s")
         ratios = {f: [] for f in fields}
         for i, r in enumerate(rs):
             cells = []
@@ -178,6 +201,9 @@ def main() -> None:
                 cells.append(f"{r[f]:>15.2f}{(f'{ratio:.2f}x' if ratio else '-'):>8}" if f == "build_round_s" else
                              f"{r[f]:>14.2f}{(f'{ratio:.2f}x' if ratio else '-'):>8}")
             print(f"{r[key]:>6}" + "".join(cells))
+        parts = {f: [r[f] for r in rs] for f in ("next_training_set_s", "log_round_s", "encode_s", "loader_s")}
+        print("  full round parts (s, per point): " + "; ".join(f"{f[:-2]} {'/'.join(f'{v:.2f}' for v in vs)}"
+                                                              for f, vs in parts.items()))
         summary[sweep] = {f: v for f, v in ratios.items()}
         print()
     gen = sum(r["generated_in_timed"] for rs in results.values() for r in rs)
@@ -187,11 +213,10 @@ def main() -> None:
                              "machine": C.machine()})
     f = lambda xs: "/".join(f"{x:.2f}" for x in xs)  # noqa: E731
     print(f"SUMMARY scaling: build_round growth per doubling of |D0| {f(summary['d0']['build_round_s'])}x, "
-          f"of B {f(summary['budget']['build_round_s'])}x; full round (train_dataloader) "
-          f"{f(summary['d0']['train_dataloader_s'])}x and {f(summary['budget']['train_dataloader_s'])}x; "
-          f"on CPU time build_round {f(summary['d0']['build_round_cpu_s'])}x and {f(summary['budget']['build_round_cpu_s'])}x "
+          f"of B {f(summary['budget']['build_round_s'])}x; full round (next_training_set + write_round + encode + "
+          f"loader) {f(summary['d0']['full_round_s'])}x and {f(summary['budget']['full_round_s'])}x; on CPU time "
+          f"next_training_set {f(summary['d0']['round_cpu_s'])}x and {f(summary['budget']['round_cpu_s'])}x "
           f"(linear = 2.00x); tiny scorer; medians of {args.repeats}; loadavg {C.fmt_load(load0)} → {C.fmt_load(load1)}")
-
 
 if __name__ == "__main__":
     main()

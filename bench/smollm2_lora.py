@@ -26,17 +26,17 @@ def main() -> None:
     import lightning as L
     import numpy as np
 
-    import train as train_script
+    import mars.cli.train as train_script
     from mars.config import validate
     from mars.data.splits import load_splits
     from mars.evaluation.pairwise import bootstrap
     from mars.data.format import PairFormatter
-    from mars.model.module import RewardModule
+    from mars.lightning.module import RewardModule
     from mars.model.scoring import Scorer
 
     def score(module, pairs):
         fmt = PairFormatter(module.tokenizer, module.backbone_cfg.max_length, module.backbone_cfg.min_prompt_tokens)
-        s = Scorer(fmt, module.tokenizer.pad_token_id, module=module, packing=True, max_tokens=2048).pairs(pairs)
+        s = Scorer(fmt, module.tokenizer.pad_token_id, module, packing=True, max_tokens=2048).pairs(pairs)
         return s.r_chosen, s.r_rejected
 
     out = Path(tempfile.mkdtemp(prefix="mars_bench_smollm2_"))

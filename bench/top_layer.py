@@ -6,7 +6,8 @@ An encoder's reward reads its pooled first token, so the top layer's queries, ou
 and feed-forward are needed there only (mars.model.finetune.first_token_layer); keys and values
 still cover every token. Both paths run side by side in one process on the same cached rows of HH
 lengths (100–193 tokens): a training step (forward, backward, AdamW) each, and the largest reward
-difference between them in eval mode.
+difference between them in eval mode. The whole-layer path is the trunk's public switch,
+`module.model.trunk.first_token_only = False` (default True: the first-token path).
 """
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import _common as C
 import torch
 
 from mars.config import FinetuneConfig, LossConfig, OptimConfig, validate
-from mars.model import finetune
-from mars.model.module import RewardModule
+from mars.lightning.module import RewardModule
 
 
 def main() -> None:
@@ -51,15 +51,16 @@ def main() -> None:
             times.append(time.perf_counter() - t)
         return C.median(times[1:])
 
-    bert_style = finetune._bert_style
+    trunk = module.model.trunk
+    assert trunk.first_token_only  # the default: the top layer at the first token
     first = step_time()
     module.eval()
     with torch.no_grad():  # both paths on the same weights
         r_first = module(batch)[0]
-        finetune._bert_style = lambda layer: False  # the whole top layer
+        trunk.first_token_only = False  # the whole top layer
         r_whole = module(batch)[0]
     whole = step_time()
-    finetune._bert_style = bert_style
+    trunk.first_token_only = True
     diff = float((r_first - r_whole).abs().max())
     print(f"{rows} rows, a training step: whole top layer {whole * 1e3:.0f} ms, first token only "
           f"{first * 1e3:.0f} ms ({whole / first:.2f}x); max |Δr| {diff:.1e}; loadavg {C.fmt_load(load)} → "

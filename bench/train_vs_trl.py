@@ -22,7 +22,7 @@ count is then its token count (no padding). TRL keeps its padded batches of `--b
 
 mars runs the real path: the composed `conf/train.yaml` with data=hh_rlhf_offline (data.path /
 val_path pointing at temporary HH-format copies of the chosen pairs), allocator=none
-augmenter=none, through `train.train(cfg)`. TRL gets the HH dialogues as they are (its
+augmenter=none, through `mars.cli.train.train(cfg)`. TRL gets the HH dialogues as they are (its
 "standard, implicit prompt" preference format: full `chosen` and `rejected` dialogue strings).
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve()
 
 def worker_mars(args) -> dict:
     C.quiet_logging()
-    import train as train_script
+    import mars.cli.train as train_script
 
     tmp = Path(args.tmp)
     out_dir = tmp / f"mars_run_{args.tag}"

@@ -8,7 +8,7 @@ bf16, after a warm-up, with the threads of the run (`--threads`, default: torch'
 non-padding tokens/s, scoring (the prediction pass) ≈ 2 × N × non-padding tokens/s, N the
 non-embedding parameters of the MiniLM reward model (attention-score FLOPs, which grow with the
 sequence length, are not counted: the usual 6N/2N approximation). The token rates are measured
-here with the same code as bench/prediction_pass.py (real `train.train` run, max_length 256,
+here with the same code as bench/prediction_pass.py (real `mars.cli.train.train` run, max_length 256,
 8 pairs per batch; the DataModule's `score()` with batch 64), medians over epochs and passes.
 mars trains in fp32, so the fp32 peak is the reference; the bf16 fraction is shown for comparison.
 """

@@ -172,9 +172,9 @@ class LossConfig:
 class LoopConfig:
     """How rounds grow the training set (the allocator decides *where* the budget goes)."""
 
-    budget: int = 0  # B^t: synthetic pairs per round
+    budget: int = 400  # B^t: synthetic pairs per round
     budget_schedule: Optional[list[int]] = None  # B^1, B^2, …; the last value repeats
-    warmup_epochs: int = 0  # epochs on D₀ alone before the first allocation
+    warmup_epochs: int = 1  # epochs on D₀ alone before the first allocation (an untrained head's margins are noise)
     accumulate: bool = True  # True: D^t = D^{t−1} ∪ D_syn^t (paper); False: D₀ ∪ D_syn^t (authors' code)
     crossing: str = "paper"  # paper: (n⁺+1)(n⁻+1)−1 crossings | pool: variant × variant from a pool
     pool_size: int = 5  # variants per response in pool mode (the authors use 5: 25 crossings)
@@ -196,14 +196,14 @@ SCHEMAS = {"data": DataConfig, "backbone": BackboneConfig, "finetune": FinetuneC
 
 
 def register_schemas() -> None:
-    """`data/schema` and `backbone/schema` for the group files' defaults: composed groups then hold
-    every field with its default and reject unknown keys while composing."""
+    """`<group>/schema` for every typed group: the group files of data, backbone and finetune
+    start from it, and train.yaml takes optim, loss and loop from it whole, so each default is
+    written once, here, and composed groups reject unknown keys while composing."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    store.store(group="data", name="schema", node=DataConfig)
-    store.store(group="backbone", name="schema", node=BackboneConfig)
-    store.store(group="finetune", name="schema", node=FinetuneConfig)
+    for group, schema in SCHEMAS.items():
+        store.store(group=group, name="schema", node=schema)
 
 
 register_schemas()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import yaml
 
+from mars.method.report import Key
 from mars.model.metrics import pairwise_metrics
 
 # name: the train.py overrides of the method
@@ -40,14 +41,14 @@ COMPARED = (("mars_abs", "uniform"), ("mars_signed", "uniform"), ("uniform", "no
 REPORTED = ("acc", "snr", "auc", "ece")
 # per round (rounds/round_XX.json): the spread of the base margins, the budget on the tenth of D₀
 # with the smallest and the largest |Δ|, on pairs the model mis-ranked, the curvature ratio, D₀ accuracy
-ROUND_COLUMNS = {"std_margin": lambda r: r["base_margin_std"],
-                 "smallest_tenth": lambda r: r["budget_by_abs_margin_decile"][0],
-                 "largest_tenth": lambda r: r["budget_by_abs_margin_decile"][-1],
-                 "misranked": lambda r: r["budget_misranked_fraction"],
-                 "curvature_ratio": lambda r: r["curvature_ratio"], "base_acc": lambda r: r["base_acc"]}
+ROUND_COLUMNS = {"std_margin": lambda r: r[Key.MARGIN_STD],
+                 "smallest_tenth": lambda r: r[Key.BY_ABS_DECILE][0],
+                 "largest_tenth": lambda r: r[Key.BY_ABS_DECILE][-1],
+                 "misranked": lambda r: r[Key.MISRANKED],
+                 "curvature_ratio": lambda r: r[Key.CURVATURE_RATIO], "base_acc": lambda r: r[Key.BASE_ACC]}
 # where the data marks flipped labels: the budget on them, and how often the model mis-ranked them
-NOISE_COLUMNS = {"on_flipped": "budget_on_flipped_fraction", "misranked_flipped": "misranked_among_flipped",
-                 "misranked_clean": "misranked_among_clean"}
+NOISE_COLUMNS = {"on_flipped": Key.BUDGET_ON_FLIPPED, "misranked_flipped": Key.MISRANKED_FLIPPED,
+                 "misranked_clean": Key.MISRANKED_CLEAN}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -190,16 +191,15 @@ def summarise(runs: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
                              for i, k in enumerate(REPORTED)} | {"seeds": len(rs)}
             # Known label noise: the share of the budget spent on flipped pairs, and how often the
             # round's model mis-ranked flipped and clean pairs (means over rounds and seeds).
-            for key, name in (("budget_on_flipped_fraction", "budget_on_flipped"),
-                              ("misranked_among_flipped", "misranked_flipped"),
-                              ("misranked_among_clean", "misranked_clean")):
+            for key, name in ((Key.BUDGET_ON_FLIPPED, "budget_on_flipped"),
+                              (Key.MISRANKED_FLIPPED, "misranked_flipped"), (Key.MISRANKED_CLEAN, "misranked_clean")):
                 values = [r[key] for run in rs for r in run["rounds"] if key in r]
                 if values:
                     table[method][name] = float(np.mean(values))
             by_round = defaultdict(list)
             for run in rs:
                 for r in run["rounds"]:
-                    by_round[r["round"]].append(r)
+                    by_round[r[Key.ROUND]].append(r)
             if by_round:  # means over seeds, round by round
                 table[method]["rounds"] = [{"round": t, **{k: float(np.mean([f(r) for r in by_round[t]]))
                                                            for k, f in ROUND_COLUMNS.items()},
@@ -272,7 +272,7 @@ def markdown(summary: dict) -> str:
 
 
 def aggregate(study_dir: Path) -> dict:
-    from mars.report import study_plots
+    from mars.evaluation.plots import study_plots
 
     runs = load_runs(study_dir)
     if not runs:

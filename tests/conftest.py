@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
 
-from mars.utils import compose_run_config
+from mars.cli.runtime import compose_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
-sys.path.insert(0, str(ROOT))  # train.py / eval.py are top-level scripts
 
 DATA_DIR = Path(os.environ.get("MARS_DATA_DIR", ROOT.parent / "shared" / "data"))
 
@@ -51,5 +49,5 @@ def score(module, pairs, batch_size: int = 16):
 
     cfg = module.backbone_cfg
     formatter = PairFormatter(module.tokenizer, cfg.max_length, cfg.min_prompt_tokens)
-    scores = Scorer(formatter, module.tokenizer.pad_token_id, batch_size, module=module).pairs(pairs)
+    scores = Scorer(formatter, module.tokenizer.pad_token_id, module.model, batch_size).pairs(pairs)
     return scores.r_chosen, scores.r_rejected, formatter.truncated

@@ -1,4 +1,4 @@
-"""Budget allocation (method.md §2 steps 2–3, §4): q_i ∝ exp(−τ·s(Δ_i)), b_i by largest remainder."""
+"""Budget allocation (docs/method.md §2 steps 2–3, §4): q_i ∝ exp(−τ·s(Δ_i)), b_i by largest remainder."""
 from __future__ import annotations
 
 import numpy as np
@@ -117,7 +117,7 @@ def test_west_of_n_modes(mode):
 
 def test_west_of_n_default_and_invalid():
     assert WestOfNAllocator().select == "top_margin"
-    assert MarsAllocator().select == UniformAllocator().select == "random"
+    assert MarsAllocator(0.5).select == UniformAllocator().select == "random"
     with pytest.raises(ValueError, match="mode"):
         WestOfNAllocator("best")
 

@@ -83,3 +83,53 @@ def test_unknown_allocator_option_fails(tmp_path):
     cfg = compose_config("train", ["allocator=mars", "allocator.margin=squared"], tmp_path)
     with pytest.raises(Exception, match="squared"):  # hydra wraps the ValueError
         hydra.utils.instantiate(cfg.allocator)
+
+
+def test_default_config_is_the_schemas(tmp_path):
+    """Every default written once: the composed train config's optim, loss and loop are the
+    schemas' own defaults, and the typed groups' files set nothing their schema does not know."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from mars.config import SCHEMAS
+
+    cfg = compose_config("train", [], tmp_path)
+    for group in ("optim", "loss", "loop"):
+        defaults = OmegaConf.to_container(OmegaConf.structured(SCHEMAS[group]))
+        assert OmegaConf.to_container(cfg[group]) == defaults, group
+    typed = validate(cfg)
+    for group, schema in SCHEMAS.items():
+        assert {f.name for f in dataclasses.fields(schema)} >= set(cfg[group]), group
+    assert typed["loop"] == SCHEMAS["loop"]()  # budget 400 and one warm-up epoch, as train.yaml used to say
+
+
+@pytest.mark.parametrize("group", ["allocator", "augmenter", "judge", "policy"])
+def test_target_members_agree_with_their_constructors(group, tmp_path):
+    """A value a `_target_` member's YAML sets is the one a user overrides; where its constructor
+    also has a default, the two may not disagree (a member built on another, like mars_signed on
+    mars, changes its base's values on purpose)."""
+    import inspect
+
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    for member in members(group):
+        if "defaults" in OmegaConf.load(Path(CONF) / group / f"{member}.yaml"):
+            continue
+        name = "eval" if group in ("judge", "policy") else "train"
+        overrides = [f"{group}={member}"] + (["model=x"] if name == "eval" else [])
+        node = OmegaConf.to_container(compose_config(name, overrides, tmp_path)[group], resolve=False)
+        params = inspect.signature(get_class(node.pop("_target_"))).parameters
+        for key, value in node.items():
+            default = params[key].default if key in params else inspect.Parameter.empty
+            if isinstance(default, tuple):
+                default = list(default)
+            if default is not inspect.Parameter.empty and not (isinstance(value, str) and ("${" in value or value == "???")):
+                assert default == value, f"conf/{group}/{member}.yaml sets {key}={value!r}, its constructor {default!r}"
+
+
+def test_eval_scores_in_the_data_groups_batches(tmp_path):
+    """One batch size for scoring, the data group's (no second `batch_size` beside it)."""
+    cfg = compose_config("eval", ["model=x", "data=hh_rlhf_offline"], tmp_path)
+    assert "batch_size" not in cfg and validate(cfg)["data"].eval_batch_size == cfg.data.eval_batch_size

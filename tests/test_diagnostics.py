@@ -1,11 +1,11 @@
-"""Curvature diagnostics of method.md §6: w(Δ) = σ(Δ)(1 − σ(Δ)), its training-set ratio, Figure-5 bins."""
+"""Curvature diagnostics of docs/method.md §6: w(Δ) = σ(Δ)(1 − σ(Δ)), its training-set ratio, Figure-5 bins."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mars.diagnostics import (budget_by_decile, curvature_ratio, curvature_weight, fisher_by_margin_bins,
-                              round_report)
+from mars.method.report import (allocation_report, budget_by_decile, curvature_ratio, curvature_weight,
+                                fisher_by_margin_bins)
 
 MARGINS = np.linspace(-4, 4, 41)
 
@@ -80,10 +80,10 @@ def test_budget_by_decile():
     assert budget_by_decile(margins, np.zeros(100, dtype=int), absolute=True) == [0.0] * 10
 
 
-def test_round_report():
+def test_allocation_report():
     margins = np.array([-2.0, -0.5, 0.1, 0.3, 1.0, 2.0, 3.0, -1.0, 0.0, 4.0])
     budget = np.array([5, 3, 0, 0, 2, 0, 0, 1, 0, 0])
-    report = round_report(margins, budget, 1 + budget, np.random.default_rng(3).normal(size=(10, 6)), 5, 4)
+    report = allocation_report(margins, budget, 1 + budget, np.random.default_rng(3).normal(size=(10, 6)), 5, 4)
     assert set(report) == {
         "budget_total", "budget_pairs_touched", "budget_max", "budget_misranked_fraction",
         "budget_by_abs_margin_decile", "budget_by_margin_decile", "base_margin_mean", "base_margin_std",
@@ -93,4 +93,4 @@ def test_round_report():
     assert report["base_acc"] == pytest.approx(0.6)
     assert sum(report["margin_histogram"]["counts"]) == 10 and len(report["fisher_bins"]) == 5
     assert report["curvature_ratio"] == pytest.approx(curvature_ratio(margins, 1 + budget))
-    assert "fisher_bins" not in round_report(margins, budget, 1 + budget, None, 5, 4)
+    assert "fisher_bins" not in allocation_report(margins, budget, 1 + budget, None, 5, 4)

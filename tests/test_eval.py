@@ -15,9 +15,9 @@ from mars.data.batch import Collator
 from mars.data.demo import demo_splits
 from mars.data.format import PairFormatter, hh_messages
 from mars.evaluation.pairwise import bootstrap, by_group
-from mars.export import CheckpointMismatch, export_reward_model, load_for_eval, load_weights
+from mars.model.export import CheckpointMismatch, export_reward_model, load_for_eval, load_weights
 from mars.model.metrics import pairwise_metrics
-from mars.model.module import RewardModule
+from mars.lightning.module import RewardModule
 from tests.conftest import compose_config, score
 
 TINY = BackboneConfig(name_or_path="minilm", random_init=True, max_length=64,
@@ -226,7 +226,7 @@ def test_by_group(pairs):
 
 
 def test_eval_script_end_to_end(export, tmp_path):
-    from eval import evaluate
+    from mars.cli.evaluate import evaluate
 
     cfg = compose_config("eval", [f"model={export}", "data=demo", "bootstrap=50"], tmp_path)
     (result,) = evaluate(cfg).values()
@@ -245,7 +245,7 @@ def test_report_side_by_side_with_rounds(export, tmp_path):
     """Two models, one given as a run folder with round reports: tables for both, valid PNGs."""
     import shutil
 
-    from eval import evaluate
+    from mars.cli.evaluate import evaluate
 
     run = tmp_path / "run_a"
     shutil.copytree(export, run / "export")
@@ -267,7 +267,7 @@ def test_report_side_by_side_with_rounds(export, tmp_path):
 
 def test_eval_alpacaeval_bon_end_to_end(export, tmp_path):
     """data=alpacaeval_bon through eval.py: the picks of the one scorer, their judged win-rate, the report."""
-    from eval import evaluate
+    from mars.cli.evaluate import evaluate
     from mars.data.candidates import load_alpacaeval_bon
     from mars.evaluation.models import load_scorer
     from tests.conftest import require_data
@@ -297,7 +297,7 @@ def test_eval_alpacaeval_bon_end_to_end(export, tmp_path):
 
 def test_eval_rewardbench2_local_file_end_to_end(export, tmp_path):
     """data=rewardbench2 with a local file of all six subsets: the leaderboard score of the scorer's rewards."""
-    from eval import evaluate
+    from mars.cli.evaluate import evaluate
     from mars.data.candidates import load_rewardbench2
     from mars.evaluation.models import load_scorer
     from mars.evaluation.rewardbench import V2_SUBSETS, rewardbench2_scores

@@ -10,8 +10,8 @@ import torch
 
 from mars.config import FinetuneConfig, LossConfig, OptimConfig, validate
 from mars.evaluation.rewardbench import EXAMPLE_COUNTS
-from mars.export import export_reward_model
-from mars.model.module import RewardModule
+from mars.model.export import export_reward_model
+from mars.lightning.module import RewardModule
 from tests.conftest import compose_config
 
 SUBSETS = {"alpacaeval-easy": "Chat", "mt-bench-hard": "Chat Hard", "refusals-dangerous": "Safety",
@@ -32,7 +32,7 @@ def test_rewardbench_score_is_the_leaderboards(tmp_path):
     module.configure_model()
     folder = export_reward_model(module, str(tmp_path / "export"))
 
-    from eval import evaluate
+    from mars.cli.evaluate import evaluate
 
     cfg = compose_config("eval", [f"model={folder}", "data=rewardbench", f"data.path={path}", "data.hub_name=null",
                                   "split=all", "bootstrap=10", f"output_dir={tmp_path / 'out'}"], tmp_path)

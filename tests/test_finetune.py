@@ -8,10 +8,10 @@ import torch
 from omegaconf import open_dict
 
 from mars.config import FinetuneConfig, LossConfig, OptimConfig, validate
-from mars.model.finetune import CachedTrunk, _bert_style
-from mars.model.module import RewardModule
+from mars.model.finetune import CachedTrunk, bert_style
+from mars.lightning.module import RewardModule
 from tests.conftest import TINY, compose_config
-from train import train
+from mars.cli.train import train
 
 BACKBONES = ["tiny", "tiny_llama", "tiny_qwen2"]
 
@@ -47,7 +47,7 @@ def test_cached_forward_equals_the_whole_network(name, k, tmp_path):
     fast = build(name, tmp_path, "head" if k == 0 else "top_layers", k)
     fast.model.load_state_dict(full.model.state_dict())
     # the encoder's top layer runs at its first token only (what the pooler reads)
-    assert k == 0 or _bert_style(fast.model.trunk.upper[-1]) == (name == "tiny")
+    assert k == 0 or bert_style(fast.model.trunk.upper[-1]) == (name == "tiny")
     ids, mask = rows(full)
     expected, phi = full({"input_ids": ids, "attention_mask": mask})
     assert expected.std() > 1e-4  # rows differ (a BOS-pooled decoder would give one value)

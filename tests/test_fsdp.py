@@ -21,7 +21,7 @@ LOOP = ["allocator=mars", "augmenter=eda", "loop.budget=40", "loop.warmup_epochs
 
 def test_sharded_metrics_and_export_equal_single_process(tmp_path):
     from mars.data.demo import demo_splits
-    from mars.export import load_for_eval
+    from mars.model.export import load_for_eval
 
     frozen = [*DECODER, "augmenter=none", "allocator=none", "optim.lr=0", "trainer.max_epochs=1", "export=true"]
     single = run_train(tmp_path / "single", "trainer=cpu", *frozen)

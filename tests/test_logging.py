@@ -9,9 +9,9 @@ import re
 from omegaconf import open_dict
 
 from mars.augmenters.eda import EDAAugmenter
-from mars.utils import loggable_config
+from mars.cli.runtime import loggable_config
 from tests.conftest import TINY, compose_config
-from train import train
+from mars.cli.train import train
 
 
 def test_secrets_never_reach_the_logged_config(tmp_path):
@@ -109,15 +109,13 @@ class Stingy(EDAAugmenter):
 
 
 def test_round_report_records_what_was_added_and_warns_of_a_shortfall(tmp_path, caplog):
-    from types import SimpleNamespace
-
     import numpy as np
 
     from mars.allocators.uniform import UniformAllocator
     from mars.config import LoopConfig
-    from mars.diagnostics import budget_by_decile
-    from mars.loop import MarsLoop
-    from mars.round_logging import log_round
+    from mars.method.report import budget_by_decile
+    from mars.method.loop import MarsLoop
+    from mars.lightning.rounds import write_round
     from tests.test_loop import FixedScorer, base_pairs
 
     loop = MarsLoop(LoopConfig(budget=40, warmup_epochs=0), UniformAllocator(), Stingy(seed=0), seed=3)
@@ -132,9 +130,8 @@ def test_round_report_records_what_was_added_and_warns_of_a_shortfall(tmp_path, 
     assert report["budget_total"] == 20 and report["budget_allocated"] == 40  # the report counts what was added
     assert report["budget_by_abs_margin_decile"] == budget_by_decile(np.array(history["margins"]), added, absolute=True)
 
-    trainer = SimpleNamespace(global_rank=0, current_epoch=0, global_step=0, loggers=[])
     with caplog.at_level("INFO"):
-        log_round(trainer, report, history, str(tmp_path))
+        write_round(report, history, str(tmp_path))
     (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
     assert "delivered 20 of the 40 synthetic pairs allocated (shortfall 20, on 10 pairs" in warning.getMessage()
     saved = json.loads((tmp_path / "rounds" / "round_01.json").read_text())

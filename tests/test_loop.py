@@ -17,11 +17,11 @@ from mars.allocators.west_of_n import WestOfNAllocator
 from mars.augmenters.eda import EDAAugmenter
 from mars.config import LoopConfig
 from mars.data.records import PreferencePair
-from mars.export import load_for_eval
-from mars.loop import MarsLoop, variant_counts
+from mars.model.export import load_for_eval
+from mars.method.loop import MarsLoop, variant_counts
 from mars.model.scoring import Scores
 from tests.conftest import TINY, compose_config, require_data, score
-from train import train
+from mars.cli.train import train
 
 GOOD = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma".split()
 BAD = "red green blue cyan magenta yellow black violet amber olive".split()

@@ -1,4 +1,4 @@
-"""Pairwise metrics (method.md §5): exact values on small sets, and independent of batching."""
+"""Pairwise metrics (docs/method.md §5): exact values on small sets, and independent of batching."""
 from __future__ import annotations
 
 import math

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from mars.augmenters.base import stable_seed
 from mars.config import FinetuneConfig, LossConfig, OptimConfig
 from mars.data.candidates import CandidateSet, load_candidates, load_prompts
 from mars.evaluation.judge import ChatJudge, GoldRewardJudge, parse_verdict
 from mars.evaluation.models import load_scorer
 from mars.evaluation.policy import EndpointPolicy, LocalPolicy
-from mars.export import export_reward_model
-from mars.model.module import RewardModule
+from mars.generation.seeding import stable_seed
+from mars.model.export import export_reward_model
+from mars.lightning.module import RewardModule
 from tests.conftest import compose_config
 from tests.test_augmenter_llm import ChatServer, ok
 from tests.test_eval import TINY, spread
@@ -178,7 +178,7 @@ def write_prompts(path: Path) -> str:
 
 
 def test_own_prompts_end_to_end_with_a_gold_judge(tiny_lm, exports, tmp_path):
-    from eval import evaluate
+    from mars.cli.evaluate import evaluate
 
     rm, gold = exports
     prompts = write_prompts(tmp_path / "prompts.jsonl")
@@ -214,7 +214,7 @@ def test_own_prompts_end_to_end_with_a_gold_judge(tiny_lm, exports, tmp_path):
 
 
 def test_own_prompts_end_to_end_with_a_chat_judge(tiny_lm, exports, serve, tmp_path):
-    from eval import evaluate
+    from mars.cli.evaluate import evaluate
 
     server = serve(longer_wins)
     rm, _ = exports
@@ -238,7 +238,7 @@ def test_own_prompts_end_to_end_with_a_chat_judge(tiny_lm, exports, serve, tmp_p
 
 
 def test_a_policy_needs_a_judge_and_prompts_need_a_policy(tiny_lm, exports, tmp_path):
-    from eval import evaluate
+    from mars.cli.evaluate import evaluate
 
     prompts = write_prompts(tmp_path / "prompts.jsonl")
     assert [s.candidates for s in load_prompts(prompts)] == [[], [], []]

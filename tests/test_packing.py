@@ -14,10 +14,10 @@ from mars.data.batch import TokenBudgetSampler
 from mars.data.demo import demo_splits
 from mars.data.format import PairFormatter
 from mars.model.attention import VARLEN_SDPA
-from mars.model.module import RewardModule
+from mars.lightning.module import RewardModule
 from mars.model.scoring import Scorer
 from tests.conftest import TINY, compose_config
-from train import train
+from mars.cli.train import train
 
 
 def build(name: str, tmp_path, *overrides: str) -> RewardModule:
@@ -39,7 +39,7 @@ def test_packed_scores_equal_padded_scores(name, attention, tmp_path, monkeypatc
     pairs = demo_splits(40, 10, 30, seed=0)["test"]
     cfg = module.backbone_cfg
     scorer = lambda **kw: Scorer(PairFormatter(module.tokenizer, cfg.max_length, cfg.min_prompt_tokens),  # noqa: E731
-                                 module.tokenizer.pad_token_id, 8, module=module, **kw)
+                                 module.tokenizer.pad_token_id, module, 8, **kw)
     padded = scorer().pairs(pairs, features=True)
     packed = scorer(packing=True, max_tokens=300).pairs(pairs, features=True)
     np.testing.assert_allclose(packed.r_chosen, padded.r_chosen, atol=1e-4)
@@ -83,9 +83,9 @@ def test_packed_training_iterates_exactly_d_t(tmp_path):
 
 
 def test_eval_packing_from_the_command_line(tmp_path):
-    from eval import evaluate
+    from mars.cli.evaluate import evaluate
 
-    from mars.export import export_reward_model
+    from mars.model.export import export_reward_model
 
     module = build("tiny_llama", tmp_path)
     folder = export_reward_model(module, str(tmp_path / "export"))

@@ -8,10 +8,10 @@ import pytest
 
 from mars.config import validate
 from mars.data.splits import load_splits
-from mars.export import load_for_eval
-from mars.model.module import RewardModule
+from mars.model.export import load_for_eval
+from mars.lightning.module import RewardModule
 from tests.conftest import compose_config, require_data, score
-from train import train
+from mars.cli.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mars.config import BackboneConfig, FinetuneConfig, LossConfig, OptimConfig, validate
-from mars.model.module import RewardModule
+from mars.lightning.module import RewardModule
 from mars.model.reward_model import last_real_token
 from tests.conftest import compose_config
 

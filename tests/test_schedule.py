@@ -8,7 +8,7 @@ import torch
 
 from mars.model.loss import bradley_terry_loss
 from tests.conftest import TINY, compose_config
-from train import train
+from mars.cli.train import train
 
 QUICK = TINY + ["test=false", "export=false", "optim.warmup_ratio=0", "optim.lr=1e-3",
                 "+callbacks.lr._target_=tests.helpers.RecordLR"]

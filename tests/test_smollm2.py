@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mars.export import load_for_eval
+from mars.model.export import load_for_eval
 from mars.model.loss import bradley_terry_loss
 from tests.conftest import compose_config, require_data, score
-from train import train
+from mars.cli.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def test_smollm2_lora_learns_and_export_reloads(tmp_path):
     import lightning as L
 
     from mars.config import validate
-    from mars.model.module import RewardModule
+    from mars.lightning.module import RewardModule
 
     typed = validate(cfg)
     L.seed_everything(cfg.seed)

@@ -11,10 +11,10 @@ import torch
 from omegaconf import open_dict
 
 from mars.config import validate
-from mars.model.module import RewardModule
-from mars.utils import DIGEST_KEY, checkpoint_meta, config_digest, resolve_ckpt_path
+from mars.lightning.module import RewardModule
+from mars.cli.runtime import DIGEST_KEY, checkpoint_meta, config_digest, resolve_ckpt_path
 from tests.conftest import TINY, compose_config
-from train import train
+from mars.cli.train import train
 
 
 def test_training_changes_every_trainable_parameter(tiny_cfg):

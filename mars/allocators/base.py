@@ -1,6 +1,8 @@
 """What every allocator shares: turning selection probabilities into integer budgets."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 
@@ -25,18 +27,30 @@ def largest_remainder(probs: np.ndarray, budget: int, rng: np.random.Generator) 
 
 
 class Allocator:
-    """Splits a round's budget B over the base pairs given their margins Δ.
+    """Splits a round's budget B over the base pairs given their margins Δ, and chooses each
+    pair's b_i synthetic pairs among its candidates.
 
-    Subclasses set `probabilities`; `select` says how a pair's b_i synthetic pairs are chosen among
-    its candidates: "random" (seeded) or "top_margin" (the highest-margin candidates by the current
-    model, West-of-N).
+    Subclasses set `probabilities`; `select` names how the b_i are chosen ("random": a seeded draw,
+    here; West-of-N overrides `choose` and `candidates`); `pools_variants`: ask the augmenter for
+    `loop.pool_size` variants per response instead of the fewest that give b_i crossings.
     """
 
     select = "random"
     spends_budget = True
+    pools_variants = False
 
     def probabilities(self, margins: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def candidates(self, prompt: str, pos: list[str], neg: list[str]) -> Optional[list[tuple[str, str, str]]]:
+        """(prompt, chosen, rejected) candidates of one pair from its responses and their variants
+        (the originals first); None: the loop's crossing (`loop.crossing`) makes them."""
+        return None
+
+    def choose(self, candidates: list[list], wanted: list[int], rng: np.random.Generator, scorer) -> list[list]:
+        """b_i of each pair's candidates, by a seeded draw."""
+        return [[c[j] for j in sorted(rng.choice(len(c), min(b, len(c)), replace=False))]
+                for c, b in zip(candidates, wanted)]
 
     def allocate(self, margins: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
         if not self.spends_budget:

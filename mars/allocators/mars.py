@@ -1,4 +1,4 @@
-"""MARS: q_i ∝ exp(−τ·s(Δ_i)); more budget where the model is least sure (method.md §2)."""
+"""MARS: q_i ∝ exp(−τ·s(Δ_i)); more budget where the model is least sure (docs/method.md §2)."""
 import numpy as np
 
 from mars.allocators.base import Allocator
@@ -8,7 +8,7 @@ class MarsAllocator(Allocator):
     """`margin="abs"`: s(Δ) = |Δ| (the paper; near-zero margins get most).
     `margin="signed"`: s(Δ) = Δ (the authors' code; mis-ranked pairs get most). τ = 0 is uniform."""
 
-    def __init__(self, temperature: float = 0.5, margin: str = "abs"):
+    def __init__(self, temperature: float, margin: str = "abs"):  # τ: conf/allocator/mars.yaml
         if margin not in ("abs", "signed"):
             raise ValueError(f"allocator.margin={margin!r} is not one of ['abs', 'signed']")
         if temperature < 0:

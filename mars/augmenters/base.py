@@ -6,18 +6,14 @@ committing each batch as soon as it is done.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Iterable, Optional, Sequence
 
-import torch
-
-from mars.augmenters.cache import VariantCache
 from mars.data.records import PreferencePair
+from mars.generation.cache import digest
+from mars.generation.cached import CachedGenerator
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +35,6 @@ class VariantRequest:
             raise ValueError(f"VariantRequest.role={self.role!r} is not one of {list(ROLES)}")
 
 
-def stable_seed(*parts) -> int:
-    """A 31-bit seed from the parts' text (Python's hash() changes between processes)."""
-    digest = hashlib.blake2b("\x00".join(map(str, parts)).encode("utf-8"), digest_size=4).digest()
-    return int.from_bytes(digest, "little") & 0x7FFFFFFF
-
-
 def distinct_variants(text: str, candidates: Iterable[str],
                       limit: Optional[int] = None) -> list[str]:
     """Candidates stripped, minus empties, copies of `text` and repeats, in order; at most `limit`.
@@ -63,16 +53,7 @@ def distinct_variants(text: str, candidates: Iterable[str],
     return out
 
 
-def _digest(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
-
-
-def resolve_device(device: str) -> str:
-    """"auto": cuda where available, else cpu; anything else as given."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
-class Augmenter:
+class Augmenter(CachedGenerator):
     """Batched: many requests in, up to `n` distinct variants each out (never the input, never "").
 
     A shortfall (fewer than `n`) comes back as a shorter list and is counted in `stats`, not raised.
@@ -84,23 +65,8 @@ class Augmenter:
     retry_shortfall = False  # a shortfall can be transient (endpoint errors): ask again next time
     commit_every = 32  # distinct texts generated, then committed to the cache, per batch
     log_every = 5.0  # seconds between progress lines
-    _identity_fields: tuple[str, ...] = ()  # attributes that determine the outputs
-
-    def __init__(self, cache_path: Optional[str] = None, seed: int = 0):
-        self.seed = seed
-        self._cache = VariantCache(cache_path)
-        self._stats: Counter = Counter()
-
-    def identity(self) -> dict:
-        """The settings that determine the outputs (the cache key); never a secret."""
-        cls = type(self)
-        return {"augmenter": f"{cls.__module__}.{cls.__qualname__}",
-                **{f: getattr(self, f) for f in self._identity_fields}}
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """Cumulative counts: generated, cache_hits, failures, shortfall, and the member's own."""
-        return {"generated": 0, "cache_hits": 0, "failures": 0, "shortfall": 0, **self._stats}
+    kind = "augmenter"
+    _counters = ("generated", "cache_hits", "failures", "shortfall")
 
     def prepare(self, pairs: list[PreferencePair]) -> list[PreferencePair]:
         """Refine the base pairs once before training (default: unchanged)."""
@@ -108,7 +74,7 @@ class Augmenter:
 
     def augment(self, requests: Sequence[VariantRequest]) -> list[list[str]]:
         """Up to `n` variants per request: cached ones, then the misses generated batch by batch."""
-        ident = _digest(json.dumps(self.identity(), sort_keys=True))
+        ident = self.identity_digest()
         out: list[list[str]] = [[] for _ in requests]
         misses: dict[tuple[str, str], list[int]] = {}  # (role, text key) → requests asking for it
         for i, req in enumerate(requests):
@@ -150,7 +116,7 @@ class Augmenter:
 
     def _text_key(self, req: VariantRequest) -> str:
         parts = (req.text, req.prompt, req.other) if self.uses_context else (req.text,)
-        return _digest("\x00".join(parts))
+        return digest("\x00".join(parts))
 
     def _generate(self, requests: Sequence[VariantRequest]) -> list[list[str]]:
         """Fresh variants, one list per request (at most `n` are used; more are cached)."""

@@ -10,7 +10,8 @@ import random
 import re
 from typing import Sequence
 
-from mars.augmenters.base import Augmenter, VariantRequest, distinct_variants, stable_seed
+from mars.augmenters.base import Augmenter, VariantRequest, distinct_variants
+from mars.generation.seeding import stable_seed
 
 Tokens = list[tuple[str, str]]  # (word, the whitespace after it)
 

@@ -1,8 +1,9 @@
 """Rewrites by an instruction-following model: an OpenAI-compatible endpoint or a local chat model.
 
 The endpoint is any server with ``POST {base_url}/chat/completions`` (vLLM, Ollama, llama.cpp, a
-hosted API). The key is read from the environment variable named by `api_key_env` when a batch
-starts; it is never stored on the object, logged or part of `identity()`.
+hosted API), reached through mars/generation/endpoint.py. The key is read from the environment
+variable named by `api_key_env` when a batch starts; it is never stored on the object, logged or
+part of `identity()`.
 `backend: local` generates with a transformers causal LM (`model`: a folder, a Hub name, or
 "smollm2", the embedded SmolLM2-135M-Instruct), `batch_size` prompts per `generate` call.
 """
@@ -10,17 +11,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
-import httpx
-import torch
-
-from mars.augmenters.base import (Augmenter, VariantRequest, _digest, distinct_variants,
-                                  resolve_device, stable_seed)
-from mars.augmenters.quality import REFUSALS, Candidate, QualityGate, instruction_of, is_refusal
+from mars.augmenters.base import Augmenter, VariantRequest, distinct_variants
+from mars.augmenters.quality import REFUSALS, Candidate, QualityGate, instruction_of
+from mars.generation import local
+from mars.generation.endpoint import ChatEndpoint
+from mars.generation.local import resolve_device
+from mars.generation.seeding import stable_seed
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +68,6 @@ class _Outcome(NamedTuple):
     tokens: int = 0  # generated tokens, where known
 
 
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return float(response.headers.get("retry-after", 0))
-    except ValueError:  # an HTTP date: fall back to the exponential backoff
-        return 0.0
-
-
 class LLMRewriteAugmenter(Augmenter):
     """Each variant is one chat completion of the role's template.
 
@@ -112,15 +104,13 @@ class LLMRewriteAugmenter(Augmenter):
                  rejected_template: Optional[str] = None, prompt_template: Optional[str] = None,
                  max_length_ratio: float = 3.0, max_concurrency: int = 8, timeout: float = 120.0,
                  max_retries: int = 5, backoff: float = 1.0, batch_size: int = 16,
-                 min_length_ratio: float = 0.0, min_similarity: float = 0.0,
+                 min_length_ratio: float = 0.3, min_similarity: float = 0.5,
                  similarity_model: str = "minilm",
                  device: str = "auto", cache_path: Optional[str] = None, seed: int = 0):
         super().__init__(cache_path, seed)
         if backend not in ("http", "local"):
             raise ValueError(f"llm_rewrite backend={backend!r} is not one of ['http', 'local']")
         self.model = model
-        self.base_url = base_url.rstrip("/")
-        self.api_key_env = api_key_env
         self.backend = backend
         self.temperature = (temperature if isinstance(temperature, (int, float))
                             else dict(temperature))  # a Hydra DictConfig → JSON for identity()
@@ -130,10 +120,8 @@ class LLMRewriteAugmenter(Augmenter):
         self.rejected_template = rejected_template or REJECTED_TEMPLATE
         self.prompt_template = prompt_template or PROMPT_TEMPLATE
         self.max_length_ratio = max_length_ratio
-        self.max_concurrency = max_concurrency
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
+        self.endpoint = ChatEndpoint(model, base_url, api_key_env, max_tokens, max_concurrency,
+                                     timeout, max_retries, backoff)
         self.batch_size = batch_size
         self.min_length_ratio = min_length_ratio
         self.min_similarity = min_similarity
@@ -148,13 +136,10 @@ class LLMRewriteAugmenter(Augmenter):
         if self.backend == "local":
             outcomes = self._generate_local(jobs)
         else:
-            key = os.environ.get(self.api_key_env, "")
-            headers = {"Authorization": f"Bearer {key}"} if key else {}
-            with (httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout)
-                  as client, ThreadPoolExecutor(self.max_concurrency) as pool):
-                outcomes = list(pool.map(lambda job: self._chat_http(
-                    client, self._messages(job[0]), self._temperature(job[0]),
-                    stable_seed(self.seed, job[1])), jobs))
+            replies = self.endpoint.complete([(self._messages(req), self._temperature(req),
+                                               stable_seed(self.seed, i)) for req, i in jobs])
+            outcomes = [_Outcome(r.text, "error" if r.text is None else "truncated" if r.cut
+                                 else None, r.retries, r.tokens) for r in replies]
         candidates = [Candidate(req, o.text, o.failure, instruction_of(self._template(req)))
                       for (req, _), o in zip(jobs, outcomes)]
         verdicts = self.gate.judge(candidates, self._stats)
@@ -182,77 +167,25 @@ class LLMRewriteAugmenter(Augmenter):
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         return messages
 
-    def _chat_http(self, client: httpx.Client, messages: list[dict], temperature: float,
-                   seed: int) -> _Outcome:
-        payload = {"model": self.model, "messages": messages, "temperature": temperature,
-                   "max_tokens": self.max_tokens, "seed": seed}
-        for attempt in range(self.max_retries + 1):
-            wait = self.backoff * 2 ** attempt
-            try:
-                response = client.post("/chat/completions", json=payload)
-            except httpx.TimeoutException:
-                problem = "timeout"
-            except httpx.TransportError as e:
-                problem = f"connection error ({type(e).__name__})"
-            else:
-                if response.status_code in (408, 429) or response.status_code >= 500:
-                    problem = f"HTTP {response.status_code}"
-                    wait = max(wait, _retry_after(response))
-                elif response.status_code >= 400:  # a bad request or key: retrying will not help
-                    key = os.environ.get(self.api_key_env)
-                    body = response.text.replace(key, "***") if key else response.text
-                    log.warning("llm_rewrite: HTTP %d from %s/chat/completions: %s",
-                                response.status_code, self.base_url, body[:300])
-                    return _Outcome(None, "error", attempt)
-                else:
-                    try:
-                        body = response.json()
-                        choice = body["choices"][0]
-                        content = choice["message"]["content"]
-                        tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
-                        cut = "truncated" if choice.get("finish_reason") == "length" else None
-                        return _Outcome(content or "", cut, attempt, tokens)
-                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-                        problem = "malformed answer"
-            if attempt < self.max_retries:
-                log.warning("llm_rewrite: %s from %s; retry %d/%d in %.1f s", problem,
-                            self.base_url, attempt + 1, self.max_retries, wait)
-                time.sleep(wait)
-        log.warning("llm_rewrite: giving up after %d retries (%s)", self.max_retries, problem)
-        return _Outcome(None, "error", self.max_retries)
-
     def _generate_local(self, jobs: list[tuple[VariantRequest, int]]) -> list[_Outcome]:
         """Batched: jobs grouped by temperature, sorted by prompt length, `batch_size` per call."""
-        from mars.augmenters import local_lm
-
         if self._local_model is None:
-            self._local_model = local_lm.load(self.model, self.device)
+            self._local_model = local.load(self.model, self.device)
         tokenizer, model = self._local_model
-        prompts = [local_lm.encode_chat(tokenizer, self._messages(req)[-1]["content"],
-                                        self.system_prompt) for req, _ in jobs]
+        prompts = [local.encode_chat(tokenizer, self._messages(req)) for req, _ in jobs]
         sizes = [len(tokenizer(req.text, add_special_tokens=False)["input_ids"]) for req, _ in jobs]
-        order = sorted(range(len(jobs)), key=lambda j: (self._temperature(jobs[j][0]),
-                                                         len(prompts[j]), j))
-        batches, current = [], []
-        for j in order:
-            if current and (len(current) == self.batch_size or self._temperature(jobs[j][0])
-                            != self._temperature(jobs[current[0]][0])):
-                batches.append(current)
-                current = []
-            current.append(j)
-        if current:
-            batches.append(current)
+        temperatures = [self._temperature(req) for req, _ in jobs]
         outcomes: list[Optional[_Outcome]] = [None] * len(jobs)
         start = last_log = time.monotonic()
         done = tokens = 0
-        for chunk in batches:
-            temperature = self._temperature(jobs[chunk[0]][0])
+        for chunk in local.batches(list(map(len, prompts)), self.batch_size, temperatures):
+            temperature = temperatures[chunk[0]]
             limit = min(self.max_tokens,
                         math.ceil(self.max_length_ratio * max(sizes[j] for j in chunk)) + 16)
             seeds = [stable_seed(self.seed, jobs[j][0].role, self._text_key(jobs[j][0]), jobs[j][1])
                      for j in chunk]  # a variant's own seed: independent of its batch
-            answers = local_lm.generate(tokenizer, model, [prompts[j] for j in chunk], limit, 0,
-                                        **local_lm.sampling(temperature, seeds, model.device))
+            answers = local.generate(tokenizer, model, [prompts[j] for j in chunk], limit, 0,
+                                     **local.sampling(temperature, seeds, model.device))
             for j, (answer,) in zip(chunk, answers):
                 failure = None
                 if not answer.finished:  # cut off: too long for its input, or at max_tokens

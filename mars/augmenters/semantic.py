@@ -14,9 +14,10 @@ from typing import Sequence
 
 import torch
 
-from mars.augmenters.base import Augmenter, VariantRequest, resolve_device
+from mars.augmenters.base import Augmenter, VariantRequest
 from mars.augmenters.quality import Embedder
 from mars.data.records import PreferencePair
+from mars.generation.local import resolve_device
 
 log = logging.getLogger(__name__)
 

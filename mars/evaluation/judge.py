@@ -18,7 +18,6 @@ prompt has one, else the first sample.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -27,11 +26,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mars.augmenters.base import _digest
-from mars.augmenters.cache import VariantCache
 from mars.data.candidates import CandidateSet
-from mars.evaluation.endpoint import Endpoint
 from mars.evaluation.models import load_scorer
+from mars.generation.cache import digest
+from mars.generation.cached import CachedGenerator
+from mars.generation.endpoint import ChatEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +121,10 @@ class GoldRewardJudge(Judge):
         return out
 
 
-class ChatJudge(Judge):
+class ChatJudge(Judge, CachedGenerator):
     """Pairwise verdicts of an OpenAI-compatible chat model; `template` has {prompt}, {a} and {b}."""
 
+    kind = _role = "judge"
     _identity_fields = ("model", "template", "system_prompt", "temperature", "max_tokens", "seed")
 
     def __init__(self, model: str, base_url: str = "http://localhost:8000/v1", api_key_env: str = "OPENAI_API_KEY",
@@ -132,17 +132,20 @@ class ChatJudge(Judge):
                  system_prompt: Optional[str] = None, temperature: float = 0.0, max_tokens: int = 16,
                  max_concurrency: int = 8, timeout: float = 120.0, max_retries: int = 5, backoff: float = 1.0,
                  cache_path: Optional[str] = None, seed: int = 0):
-        super().__init__(baseline)
+        Judge.__init__(self, baseline)
+        CachedGenerator.__init__(self, cache_path, seed)
         if order not in ("both", "fixed"):
             raise ValueError(f"judge.order={order!r} is not one of ['both', 'fixed']")
         self.model, self.order, self.template = model, order, template or PAIRWISE_TEMPLATE
-        self.system_prompt, self.temperature, self.max_tokens, self.seed = system_prompt, temperature, max_tokens, seed
-        self.endpoint = Endpoint(model, base_url, api_key_env, max_tokens, max_concurrency, timeout, max_retries,
-                                 backoff)
-        self._cache = VariantCache(cache_path)
+        self.system_prompt, self.temperature, self.max_tokens = system_prompt, temperature, max_tokens
+        self.endpoint = ChatEndpoint(model, base_url, api_key_env, max_tokens, max_concurrency, timeout,
+                                     max_retries, backoff)
 
     def identity(self) -> dict:
-        return {"judge": "chat", **{f: getattr(self, f) for f in self._identity_fields}}
+        return {**super().identity(), "judge": "chat"}  # not the class path: existing caches keep hitting
+
+    def _key(self, comparison: tuple[str, str, str]) -> str:
+        return digest("\x00".join(comparison))
 
     def describe(self) -> dict:
         return {**self.identity(), "baseline": self.baseline, "order": self.order,
@@ -154,21 +157,13 @@ class ChatJudge(Judge):
 
     def verdicts(self, comparisons: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], Optional[str]]:
         """"A", "B" or None (no verdict) for each distinct (prompt, A, B); cached, the rest asked."""
-        ident = _digest(json.dumps(self.identity(), sort_keys=True))
-        answers, todo = {}, []
-        for c in dict.fromkeys(comparisons):
-            cached = self._cache.get(ident, "judge", _digest("\x00".join(c)), 1, final=False)
-            if cached is None:
-                todo.append(c)
-            else:
-                answers[c] = cached[0]
-        self._stats["cache_hits"] += len(answers)
+        answers, todo = self._cached(dict.fromkeys(comparisons))
         failed = 0
         for b in range(0, len(todo), 64):  # committed batch by batch
             chunk = todo[b:b + 64]
             replies = self.endpoint.complete([(self._messages(*c), self.temperature, self.seed) for c in chunk])
             done = [(c, r.text) for c, r in zip(chunk, replies) if r.text is not None]
-            self._cache.put(ident, [("judge", _digest("\x00".join(c)), 1, [t]) for c, t in done])
+            self._store(done)
             answers.update(done)
             failed += len(chunk) - len(done)
             self._stats["requests"] += len(chunk)

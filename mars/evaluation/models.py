@@ -16,23 +16,23 @@ import numpy as np
 import torch
 
 from mars.data.format import PairFormatter
-from mars.export import load_for_eval
+from mars.model.export import load_for_eval
 from mars.model.scoring import Scorer
 
 
 def load_scorer(model: str, max_length: Optional[int] = None, batch_size: int = 64, packing: bool = False,
                 max_tokens: int = 4096) -> Scorer:
     """The one scorer over a `.ckpt`, an export folder or a Hub name (its own max length unless given)."""
-    module = load_for_eval(model, max_length)
-    bb = module.backbone_cfg
-    return Scorer(PairFormatter(module.tokenizer, bb.max_length, bb.min_prompt_tokens),
-                  module.tokenizer.pad_token_id, batch_size, module=module, packing=packing, max_tokens=max_tokens)
+    loaded = load_for_eval(model, max_length)
+    bb = loaded.backbone_cfg
+    return Scorer(PairFormatter(loaded.tokenizer, bb.max_length, bb.min_prompt_tokens),
+                  loaded.tokenizer.pad_token_id, loaded.model, batch_size, packing=packing, max_tokens=max_tokens)
 
 
-def trunk_digest(module) -> str:
-    """A hash of every tensor of the network except the reward head (detached from `net`)."""
+def trunk_digest(model) -> str:
+    """A hash of every tensor of the reward model's network except the head (detached from `net`)."""
     h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(module.model.net.state_dict().items()):
+    for name, t in sorted(model.net.state_dict().items()):
         h.update(name.encode())
         h.update(str((t.dtype, tuple(t.shape))).encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -51,11 +51,11 @@ class CandidateRewards:
         index = np.asarray([row_of.setdefault(tuple(scorer.formatter.sequence(p, r)[0]), len(row_of))
                             for p, r in prompt_response], dtype=np.int64)
         rows = list(row_of)
-        key = (trunk_digest(scorer.module), hashlib.blake2b(repr(rows).encode(), digest_size=16).hexdigest())
+        key = (trunk_digest(scorer.model), hashlib.blake2b(repr(rows).encode(), digest_size=16).hexdigest())
         if key not in self._features:
             self._features[key] = scorer.rows([list(ids) for ids in rows], features=True)[1]
             self.forwards += 1
-        head = scorer.module.model.head
+        head = scorer.model.head
         with torch.inference_mode():
             phi = torch.from_numpy(self._features[key]).to(head.weight.device, head.weight.dtype)
             rewards = head(phi).squeeze(-1).double().cpu().numpy()

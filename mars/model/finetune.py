@@ -90,10 +90,14 @@ class CachedTrunk:
     k = 0: the frozen part is the whole network and its output is φ itself. k > 0: embeddings
     and all but the top k layers are frozen; their output is cached and the top k layers (with
     the encoder's pooler, or the decoder's final norm and last-token pooling) make φ.
+
+    `first_token_only`: on a BERT-style encoder, run the top layer at the first position only
+    (`first_token_layer`, all the pooler reads); False runs the whole top layer (same rewards up
+    to rounding, more work: a switch for comparing the two).
     """
 
-    def __init__(self, model: RewardModel, k: int):
-        self.model, self.k = model, k
+    def __init__(self, model: RewardModel, k: int, first_token_only: bool = True):
+        self.model, self.k, self.first_token_only = model, k, first_token_only
         base = model.net.base_model
         self.layers = self._layer_stack(base)
         if k:
@@ -199,13 +203,15 @@ class CachedTrunk:
             hidden = self.model.net.base_model.norm(self._run(self.upper, hidden, attention_mask))
             return hidden[torch.arange(len(hidden), device=hidden.device), last_real_token(attention_mask)]
         top = self.upper[-1]
-        if not _bert_style(top):
+        if not (self.first_token_only and bert_style(top)):
             return self.model.encoder_tail(self._run(self.upper, hidden, attention_mask))
         hidden = self._run(self.upper[:-1], hidden, attention_mask)
         return self.model.encoder_tail(first_token_layer(top, hidden, attention_mask))
 
 
-def _bert_style(layer: nn.Module) -> bool:
+def bert_style(layer: nn.Module) -> bool:
+    """Whether `layer` is a BERT-style encoder layer (attention.self.query/key/value, intermediate,
+    output): the layers `first_token_layer` runs."""
     attention = getattr(layer, "attention", None)
     return all(hasattr(attention, "self") and hasattr(attention.self, n) for n in ("query", "key", "value")) \
         and hasattr(layer, "intermediate") and hasattr(layer, "output")

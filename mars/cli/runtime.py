@@ -13,7 +13,10 @@ import warnings
 from typing import Any, Optional
 
 import hydra
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mars.lightning.callbacks import DIGEST_KEY
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,6 @@ def loggable_config(cfg: DictConfig) -> dict:
 # What determines D^t and the model a run trains: `ckpt_path=last` resumes only a run of the same.
 DIGEST_GROUPS = ("data", "loop", "allocator", "augmenter", "backbone", "finetune", "seed")
 NOT_IN_DIGEST = {"cache_path", "num_workers", "eval_batch_size", "device"}  # where and how fast, not what
-DIGEST_KEY = "mars_config_digest"  # the checkpoint entry (written by mars.callbacks.FitGuard)
 
 
 def config_digest(cfg: DictConfig) -> str:
@@ -149,9 +151,11 @@ def close_loggers(loggers: list, failed: bool) -> None:
     gets its own run); the others are finalised as failed (Lightning does so only for failures
     inside fit and test)."""
     for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            if getattr(logger, "_experiment", None) is not None:  # never start a run only to close it
-                logger.experiment.finish(exit_code=1 if failed else 0)
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            if wandb.run is not None:  # this job's run, if it started one: never start a run only to close it
+                wandb.run.finish(exit_code=1 if failed else 0)
         elif failed:
             logger.finalize("failed")
 
@@ -183,7 +187,7 @@ def compose_run_config(name: str, overrides: list[str], output_dir, data_dir) ->
     import mars.config  # noqa: F401  (registers the data/backbone schemas)
 
     GlobalHydra.instance().clear()
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    conf = str(Path(__file__).resolve().parents[2] / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
         cfg = compose(config_name=name, overrides=overrides, return_hydra_config=False)
     output_dir = Path(output_dir)

@@ -1,6 +1,8 @@
-"""Generated variants on disk: an SQLite file that a rerun, a resumed run or a sweep reads back."""
+"""Generated texts on disk (augmenter variants, policy samples, judge verdicts): an SQLite file
+that a rerun, a resumed run or a sweep reads back, keyed by digests of settings and texts."""
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 from typing import Iterable, Optional
@@ -14,6 +16,11 @@ CREATE TABLE IF NOT EXISTS requests (
     ident TEXT, role TEXT, key TEXT, asked INTEGER,
     PRIMARY KEY (ident, role, key)) WITHOUT ROWID;
 """
+
+
+def digest(text: str) -> str:
+    """The cache's key of a text: 32 hex digits (existing caches hold these; never change them)."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
 class VariantCache:

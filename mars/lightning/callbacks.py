@@ -1,6 +1,7 @@
 """Callbacks of mars's own (Lightning's stock ones are configured in conf/callbacks/).
 
-`FitGuard` and `RunSummary` are part of every fit (train.py adds them); `PairAudit` is configured.
+`FitGuard`, `RunSummary` and the round reporter (mars/lightning/rounds.py) are part of every fit
+(mars.cli.train adds them); `PairAudit` is configured.
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import re
 
 import lightning as L
 
-from mars.utils import DIGEST_KEY
+from mars.method.report import Key
 
 log = logging.getLogger("mars.train")
+
+DIGEST_KEY = "mars_config_digest"  # the checkpoint entry FitGuard writes and `ckpt_path=last` matches
 
 
 class PairAudit(L.Callback):
@@ -44,8 +47,8 @@ class PairAudit(L.Callback):
 class FitGuard(L.Callback):
     """What a fit must not get wrong, whatever the callbacks config:
 
-    - every checkpoint carries the run's config digest (mars.utils.config_digest), which
-      `ckpt_path=last` matches (mars.utils.resolve_ckpt_path);
+    - every checkpoint carries the run's config digest (mars.cli.runtime.config_digest), which
+      `ckpt_path=last` matches (mars.cli.runtime.resolve_ckpt_path);
     - training starts with every module in train mode.
     (That a restored D^t grows from this run's base pairs, the loop checks as it loads.)
     """
@@ -156,11 +159,11 @@ class RunSummary(L.Callback):
                            + (" best" if e == best else "") for e, a in sorted(self.val_acc.items()))
         lines = [f"run summary ({here(run_dir)})", f"  validation accuracy by epoch: {epochs or 'none'}"]
         for r in rounds:
-            deciles = r["budget_by_abs_margin_decile"]
-            lines.append(f"  round {r['round']}: |D^t| = {r['train_pairs']}, +{r['synthetic_added']} synthetic pairs "
-                         f"({r.get('budget_allocated', r['synthetic_added'])} allocated) on "
-                         f"{r['budget_pairs_touched']} base pairs: {deciles[0]:.0%} on the smallest-|Δ| tenth, "
-                         f"{deciles[-1]:.0%} on the largest, {r['budget_misranked_fraction']:.0%} on mis-ranked pairs")
+            deciles = r[Key.BY_ABS_DECILE]
+            lines.append(f"  round {r[Key.ROUND]}: |D^t| = {r[Key.TRAIN_PAIRS]}, +{r[Key.SYNTHETIC_ADDED]} synthetic "
+                         f"pairs ({r.get(Key.BUDGET_ALLOCATED, r[Key.SYNTHETIC_ADDED])} allocated) on "
+                         f"{r[Key.PAIRS_TOUCHED]} base pairs: {deciles[0]:.0%} on the smallest-|Δ| tenth, "
+                         f"{deciles[-1]:.0%} on the largest, {r[Key.MISRANKED]:.0%} on mis-ranked pairs")
         if not rounds:
             lines.append("  rounds: none (no augmentation budget: every epoch trained on D₀)")
         test = [f"{name} {metrics[f'test/{key}']:.3f}" for key, name in

@@ -1,12 +1,23 @@
-"""Batched generation with a local transformers causal LM (llm_rewrite `backend: local`, and
-paraphrase through a chat model): left padding, one `generate` per batch, the global RNG
-(training's) left untouched; sampling with one generator per row (`sampling`), so that a row's
-answer does not depend on the other rows of its batch."""
+"""Generation with local transformers models: llm_rewrite's `backend: local`, paraphrase (a
+seq2seq paraphraser or a chat model) and the local best-of-N policy.
+
+Batches are left-padded, one `generate` call each, with the global RNG (training's) left
+untouched. Sampling draws each row with its own generator (`sampling`), so that a row's answer
+does not depend on the other rows of its batch: a rerun, another batch size or other company in
+the batch gives the same answers.
+"""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Hashable, NamedTuple, Optional, Sequence
 
 import torch
+
+from mars.generation.embedded import resolve
+
+
+def resolve_device(device: str) -> str:
+    """"auto": cuda where available, else cpu; anything else as given."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 class Generated(NamedTuple):
@@ -16,10 +27,8 @@ class Generated(NamedTuple):
 
 
 def load(name: str, device: str):
-    """(tokenizer with left padding, model in eval mode); "smollm2" and "minilm" are resolved."""
+    """A causal LM: (tokenizer with left padding, model in eval mode); embedded names resolved."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mars.model.backbone import resolve  # the embedded models' folders
 
     path = resolve(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -30,22 +39,26 @@ def load(name: str, device: str):
     return tokenizer, model
 
 
+def load_seq2seq(name: str, device: str):
+    """An encoder-decoder model: (tokenizer, model in eval mode)."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    path = resolve(name)
+    return (AutoTokenizer.from_pretrained(path),
+            AutoModelForSeq2SeqLM.from_pretrained(path).to(device).eval())
+
+
 def is_seq2seq(name: str) -> bool:
     from transformers import AutoConfig
-
-    from mars.model.backbone import resolve
 
     return bool(getattr(AutoConfig.from_pretrained(resolve(name)), "is_encoder_decoder", False))
 
 
-def encode_chat(tokenizer, content: str, system: Optional[str] = None) -> list[int]:
-    """The token ids of one user turn (and an optional system one) ready for the answer; the
-    plain text when the tokenizer has no chat template."""
+def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
+    """The token ids of a chat ready for the answer; the last (user) turn's plain text when the
+    tokenizer has no chat template."""
     if not getattr(tokenizer, "chat_template", None):
-        return tokenizer(content)["input_ids"]
-    messages = [{"role": "user", "content": content}]
-    if system:
-        messages.insert(0, {"role": "system", "content": system})
+        return tokenizer(messages[-1]["content"])["input_ids"]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -78,7 +91,8 @@ class RowSampler:
 
 def sampling(temperature: float, seeds: list[int], device, top_k: int = 50,
              top_p: float = 1.0) -> dict:
-    """`generate` keyword arguments: greedy for temperature 0, else one generator per row."""
+    """`generate` keyword arguments: greedy for temperature 0, else one generator per row
+    (`top_k` 0: no top-k cut)."""
     if temperature <= 0:
         return {"do_sample": False}
     from transformers import LogitsProcessorList
@@ -87,6 +101,20 @@ def sampling(temperature: float, seeds: list[int], device, top_k: int = 50,
     return {"do_sample": False,
             "logits_processor": LogitsProcessorList([RowSampler(generators, temperature, top_k,
                                                                 top_p)])}
+
+
+def batches(lengths: Sequence[int], batch_size: int,
+            groups: Optional[Sequence[Hashable]] = None) -> list[list[int]]:
+    """Indices sorted by (group, length), cut into batches of at most `batch_size` rows of one
+    group each: similar lengths share a batch, so there is little padding."""
+    group = groups if groups is not None else [0] * len(lengths)
+    out: list[list[int]] = []
+    for j in sorted(range(len(lengths)), key=lambda j: (group[j], lengths[j], j)):
+        if out and len(out[-1]) < batch_size and group[out[-1][0]] == group[j]:
+            out[-1].append(j)
+        else:
+            out.append([j])
+    return out
 
 
 def _eos_ids(tokenizer, model) -> set[int]:

@@ -1,4 +1,4 @@
-"""The MARS self-refinement loop (method.md §2): one round per training epoch.
+"""The MARS self-refinement loop (docs/method.md §2): one round per training epoch.
 
     margins  = scorer(D₀)                        # prediction pass, model of round t−1
     probs    = exp(−τ·s(Δ)) / Σ                  # the allocator
@@ -6,21 +6,32 @@
     variants = augmenter(requests for b_i > 0)   # cached, label-preserving
     D^t      = D^{t−1} ∪ D_syn^t  (or D₀ ∪ D_syn^t)
 
-`MarsLoop.build_round` is that whole loop; the DataModule calls it once per epoch.
+`MarsLoop.build_round` is that whole round. Plain Python: its collaborators are handed in (a
+scorer of pairs, a distributed context), so it runs without Lightning; the DataModule asks it for
+each epoch's D^t through `next_training_set`.
+
+Contract: `start` once with the training pairs (D₀, prepared by the augmenter on rank 0) and the
+held-out splits; then `next_training_set(epoch)` at the start of every epoch, in order; the
+scorer must give identical margins on every rank (mars.model.scoring does).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from mars.allocators.base import Allocator
 from mars.augmenters.base import Augmenter, VariantRequest
+from mars.augmenters.none import NoAugmenter
 from mars.config import LoopConfig
 from mars.data.records import PreferencePair
-from mars.diagnostics import round_report
+from mars.data.splits import check_no_heldout_leak
+from mars.distributed import LOCAL, Distributed
+from mars.method.report import Key, round_report
 from mars.model.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -34,6 +45,13 @@ def variant_counts(b: int) -> tuple[int, int]:
     return n_pos, n_neg
 
 
+def pairs_digest(pairs: list[PreferencePair]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for p in pairs:
+        h.update(p.id.encode()), h.update(p.content_hash().encode())
+    return h.hexdigest()
+
+
 @dataclass
 class MarsLoop:
     cfg: LoopConfig
@@ -41,14 +59,14 @@ class MarsLoop:
     augmenter: Augmenter
     scorer: Optional[Scorer] = None  # the model of the round: Δ of any pairs, identical on every rank
     seed: int = 0
+    dist: Distributed = LOCAL  # rank 0 generates, every rank receives
     base: list[PreferencePair] = field(default_factory=list)
     synthetic: list[PreferencePair] = field(default_factory=list)
-    history: list[dict] = field(default_factory=list)  # one report per round
-    on_rank0: Callable[[Callable], object] = lambda fn: fn()  # distributed: rank 0 generates, all receive
+    history: list[dict] = field(default_factory=list)  # one report (with its per-pair detail) per round
+    heldout: dict[str, list[PreferencePair]] = field(default_factory=dict)
+    last_report: dict = field(default_factory=dict)  # the report of the latest next_training_set
 
     def __post_init__(self) -> None:
-        from mars.augmenters.none import NoAugmenter
-
         if self.allocator.spends_budget and isinstance(self.augmenter, NoAugmenter):
             raise ValueError(f"{type(self.allocator).__name__} spends a budget of synthetic pairs but "
                              "augmenter=none makes none: choose augmenter=eda (or paraphrase, llm_rewrite, "
@@ -57,6 +75,12 @@ class MarsLoop:
     @property
     def active(self) -> bool:
         return self.allocator.spends_budget
+
+    def start(self, train: list[PreferencePair], heldout: dict[str, list[PreferencePair]]) -> list[PreferencePair]:
+        """D₀ from the training split, as the augmenter prepares it (on rank 0, for every rank)."""
+        self.base = self.dist.on_rank0(lambda: self.augmenter.prepare(train))
+        self.heldout = heldout
+        return self.base
 
     def training_set(self) -> list[PreferencePair]:
         return self.base + self.synthetic
@@ -73,50 +97,44 @@ class MarsLoop:
         added = sum(self.cfg.budget_for(s) for s in range(1, t + 1)) if self.cfg.accumulate else self.cfg.budget_for(t)
         return len(self.base) + added
 
+    def next_training_set(self, epoch: int) -> list[PreferencePair]:
+        """D^t of `epoch`: its round built, checked against the held-out splits and across ranks."""
+        report = self.build_round(epoch)
+        if report.get(Key.SYNTHETIC_ADDED):  # no augmentation of a held-out pair is ever trained on
+            check_no_heldout_leak(self.synthetic, self.heldout)
+        pairs = self.training_set()
+        digests = set(self.dist.gather(pairs_digest(pairs)))
+        if len(digests) != 1:
+            raise RuntimeError(f"ranks built different training sets at epoch {epoch}: {digests}")
+        self.last_report = {**report, Key.DIGEST: digests.pop()}
+        return pairs
+
     def build_round(self, epoch: int) -> dict:
         """Grow D^t for `epoch` from the current model's margins; returns the round's report."""
         t = self.round_of_epoch(epoch)
         if t == 0:
-            return {"round": 0, "warmup": self.active, "train_pairs": len(self.training_set())}
-        if self.history and self.history[-1]["round"] >= t:
+            return {Key.ROUND: 0, Key.WARMUP: self.active, Key.TRAIN_PAIRS: len(self.training_set())}
+        if self.history and self.history[-1][Key.ROUND] >= t:
             # Resumed from a checkpoint written after this round was built (Lightning saves at
             # validation end, before the epoch counts as finished): D^t is already the restored one.
-            return {"round": t, "warmup": False, "resumed": True, "train_pairs": len(self.training_set())}
-        rng = np.random.default_rng([self.seed, t])
-        scores = self.scorer.pairs(self.base, features=True)
-        budget = self.allocator.allocate(scores.margins, self.cfg.budget_for(t), rng)
+            return {Key.ROUND: t, Key.WARMUP: False, Key.RESUMED: True, Key.TRAIN_PAIRS: len(self.training_set())}
+        started, rng = time.perf_counter(), np.random.default_rng([self.seed, t])
+        scores = self.scorer.pairs(self.base, features=True)                           # prediction pass
+        scored = time.perf_counter()
+        budget = self.allocator.allocate(scores.margins, self.cfg.budget_for(t), rng)  # probabilities → budget
         before = dict(self.augmenter.stats)
-        new = self._synthesise(t, budget, rng)
-        self.synthetic = (self.synthetic + new) if self.cfg.accumulate else new
-        # What was added per pair (the augmenter may deliver fewer variants than b_i): the report
-        # says where the round's pairs went; the intended allocation stays beside it.
-        added = np.bincount([p.meta["base_index"] for p in new], minlength=len(self.base))
-        copies = np.ones(len(self.base))
-        for p in self.synthetic:
-            copies[p.meta["base_index"]] += 1
-        noisy = np.array([bool(p.meta.get("noise", {}).get("selected")) for p in self.base])
-        report = {"round": t, "epoch": epoch, "warmup": False, "train_pairs": len(self.training_set()),
-                  "synthetic_added": len(new), "synthetic_total": len(self.synthetic),
-                  "budget_allocated": int(budget.sum()), "shortfall": int(budget.sum()) - len(new),
-                  "shortfall_pairs": int((added < budget).sum()),
-                  **{f"augment_{k}": v - before.get(k, 0) for k, v in self.augmenter.stats.items()},
-                  **round_report(scores.margins, added, copies, scores.features,
-                                 self.cfg.fisher_bins, self.cfg.fisher_dim)}
-        if noisy.any():  # data with known flipped labels (robustness studies): where the budget went
-            report["budget_on_flipped_fraction"] = float(added[noisy].sum() / max(1, added.sum()))
-            report["flipped_fraction"] = float(noisy.mean())
-            # How well the margins single out flipped pairs: a model that learnt the true preference
-            # mis-ranks flipped pairs (by their recorded label) and few clean ones.
-            misranked = scores.margins < 0
-            report["misranked_among_flipped"] = float(misranked[noisy].mean())
-            report["misranked_among_clean"] = float(misranked[~noisy].mean()) if (~noisy).any() else float("nan")
-        self.history.append({**report, "allocation": budget.tolist(), "added": added.tolist(),
-                             "margins": scores.margins.tolist()})
-        return report
+        new = self._synthesise(t, budget, rng)                                         # variants
+        self.synthetic = (self.synthetic + new) if self.cfg.accumulate else new        # D^t
+        stats = {k: v - before.get(k, 0) for k, v in self.augmenter.stats.items()}
+        report, detail = round_report(t, epoch, self.base, new, self.synthetic, budget, scores, stats,
+                                      self.cfg.fisher_bins, self.cfg.fisher_dim)
+        self.history.append({**report, **detail})
+        # Timings for benchmarks, nested: the flat round/... metrics stay those of the method.
+        return {**report, Key.SECONDS: {"prediction_pass": scored - started, "round": time.perf_counter() - started}}
 
     def _requests(self, budget: np.ndarray) -> tuple[list[int], list[VariantRequest]]:
         """Variant requests of every pair with b_i > 0: chosen, rejected (and prompt) per pair."""
-        pool = self.cfg.crossing == "pool" or self.allocator.select != "random"
+        pool = self.cfg.crossing == "pool" or self.allocator.pools_variants
         chosen_ids, requests = [], []
         for i in np.flatnonzero(budget):
             p, b = self.base[i], int(budget[i])
@@ -130,41 +148,24 @@ class MarsLoop:
 
     def _synthesise(self, t: int, budget: np.ndarray, rng: np.random.Generator) -> list[PreferencePair]:
         ids, requests = self._requests(budget)
-        variants = self.on_rank0(lambda: self.augmenter.augment(requests))
+        variants = self.dist.on_rank0(lambda: self.augmenter.augment(requests))
         per = 3 if self.cfg.vary_prompt else 2
         candidates: list[list[PreferencePair]] = []
         for k, i in enumerate(ids):
             p = self.base[i]
             pos, neg = [p.chosen] + variants[per * k], [p.rejected] + variants[per * k + 1]
             prompts = [p.prompt] + (variants[per * k + 2] if self.cfg.vary_prompt else [])
-            if self.allocator.select == "best_vs_worst":
-                cands = [(p.prompt, a, b) for a in pos + neg for b in pos + neg if a != b]
-            elif self.cfg.crossing == "pool":
+            cands = self.allocator.candidates(p.prompt, pos, neg)
+            if cands is None and self.cfg.crossing == "pool":
                 cands = [(prompts[rng.integers(len(prompts))], a, b) for a in pos[1:] for b in neg[1:]]
-            else:
+            elif cands is None:
                 cands = [(p.prompt, a, b) for a in pos for b in neg][1:]  # all but the original pair
             own = {"margin": p.meta["margin"]} if "margin" in p.meta else {}  # a variant keeps its source's
             candidates.append([PreferencePair(f"{p.id}~t{t}~{j}", x, a, b, p.source,
                                               {"base_id": p.id, "base_index": i, "round": t, **own})
                                for j, (x, a, b) in enumerate(cands)])
-        chosen = self._select(candidates, [int(budget[i]) for i in ids], rng)
+        chosen = self.allocator.choose(candidates, [int(budget[i]) for i in ids], rng, self.scorer)
         return [c for pairs in chosen for c in pairs]
-
-    def _select(self, candidates, wanted, rng) -> list[list[PreferencePair]]:
-        """b_i of each pair's candidates: seeded draw, or by the current model (West-of-N)."""
-        if self.allocator.select == "random":
-            return [[c[j] for j in sorted(rng.choice(len(c), min(b, len(c)), replace=False))]
-                    for c, b in zip(candidates, wanted)]
-        flat = [c for cs in candidates for c in cs]
-        margins = self.scorer.pairs(flat).margins if flat else np.empty(0)
-        out, start = [], 0
-        for cs, b in zip(candidates, wanted):
-            # Highest margin first: for best_vs_worst, whose candidates hold both orders of every
-            # two responses, that is the best response against the worst, then the next widest gap.
-            order = np.argsort(-margins[start:start + len(cs)], kind="stable")[:b]
-            out.append([cs[j] for j in order])
-            start += len(cs)
-        return out
 
     def state_dict(self) -> dict:
         as_dict = lambda p: {"id": p.id, "prompt": p.prompt, "chosen": p.chosen,  # noqa: E731

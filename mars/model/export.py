@@ -12,17 +12,27 @@ from __future__ import annotations
 import copy
 import json
 import os
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from mars.config import BackboneConfig, FinetuneConfig
 from mars.data.format import PairFormatter
+from mars.model.backbone import load_tokenizer
+from mars.model.build import build_reward_model
 from mars.model.finetune import has_lora, lora_config, merge_lora
+from mars.model.reward_model import RewardModel
 
 FORMAT = ("text = tokenizer.apply_chat_template(messages, tokenize=False) with messages = the prompt's turns "
           "(an HH-RLHF dialogue turn by turn, a plain prompt as one user turn) + {role: assistant, content: "
           "response}; ids = tokenizer(text, add_special_tokens=add_special_tokens); reward = the model's single logit")
 TRUNCATION = ("sequences longer than max_length: the prompt is cut from the left down to min_prompt_tokens, "
               "then the response from the left (its end stays); special tokens are kept")
+
+
+# A folder that is no mars export (a Hub reward model) is scored up to the common encoder limit.
+FOREIGN_MAX_LENGTH = 512
 
 
 class CheckpointMismatch(RuntimeError):
@@ -40,60 +50,52 @@ def load_weights(module, ckpt_path: str) -> None:
     module.load_state_dict(state)
 
 
-def load_best(trainer, module, ckpt_path: str) -> None:
-    """The best checkpoint's weights into `module`: through the strategy when it is sharded (every
-    rank loads its shards), else strictly from the file."""
-    if module.device_mesh is not None:
-        trainer.strategy.load_checkpoint(ckpt_path)
-    else:
-        load_weights(module, ckpt_path)
+@dataclass
+class LoadedRewardModel:
+    """A reward model with what scores it as it was trained: its tokenizer and backbone config."""
+
+    model: RewardModel
+    tokenizer: Any
+    backbone_cfg: BackboneConfig
+    finetune_cfg: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
-def full_module(module):
-    """`module` itself, or under FSDP2 an unsharded copy with the full weights, gathered from every
-    rank (each rank calls this; rank 0 gets the copy, the others None)."""
-    if module.device_mesh is None:
-        return module
-    import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from mars.model.module import RewardModule
-
-    state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if dist.get_rank() != 0:
-        return None
-    copy = RewardModule(module.backbone_cfg, module.finetune_cfg, module.optim_cfg, module.loss_cfg, module.seed,
-                        module.tokenizer)
-    copy.configure_model()
-    copy.model.load_state_dict(state)
-    return copy
-
-
-def load_for_eval(model: str, max_length: int | None = None):
-    """A RewardModule, built, from a Lightning `.ckpt` or a `from_pretrained` folder (an export or
-    a Hub name); an export's own max length and truncation rule unless `max_length` is given."""
-    from mars.config import BackboneConfig, FinetuneConfig, LossConfig, OptimConfig
-    from mars.model.module import RewardModule
-
+def load_for_eval(model: str, max_length: int | None = None) -> LoadedRewardModel:
+    """The reward model of a Lightning `.ckpt` or a `from_pretrained` folder (an export or a Hub
+    name), in eval mode; an export's own max length and truncation rule unless `max_length` is given."""
     if model.endswith(".ckpt"):
-        module = RewardModule.load_from_checkpoint(model, map_location="cpu", weights_only=False)
+        ckpt = torch.load(model, map_location="cpu", weights_only=False)  # our own checkpoints
+        hparams = ckpt["hyper_parameters"]
+        backbone, finetune = hparams["backbone"], hparams["finetune"]
         if max_length:
-            module.backbone_cfg.max_length = max_length
-        return module
+            backbone.max_length = max_length
+        tokenizer = load_tokenizer(backbone)
+        net = build_reward_model(backbone, finetune, tokenizer)
+        net.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+        return LoadedRewardModel(net.eval(), tokenizer, backbone, finetune)
     export = {}
     if os.path.exists(os.path.join(model, "mars_export.json")):
         with open(os.path.join(model, "mars_export.json")) as f:
             export = json.load(f)
-    backbone = BackboneConfig(name_or_path=model, max_length=max_length or export.get("max_length", 512),
-                              min_prompt_tokens=export.get("min_prompt_tokens", 32),
-                              kind=export.get("kind", "auto"))
-    module = RewardModule(backbone, FinetuneConfig(), OptimConfig(), LossConfig())
-    module.configure_model()
-    return module.eval()
+    backbone = BackboneConfig(name_or_path=model, kind=export.get("kind", "auto"),
+                              max_length=max_length or export.get("max_length", FOREIGN_MAX_LENGTH),
+                              **{k: export[k] for k in ("min_prompt_tokens",) if k in export})
+    tokenizer = load_tokenizer(backbone)
+    return LoadedRewardModel(build_reward_model(backbone, FinetuneConfig(), tokenizer).eval(), tokenizer, backbone)
+
+
+def export_info(backbone: BackboneConfig, finetune: FinetuneConfig, decoder: bool) -> dict:
+    """What mars_export.json records about the model (no paths of this machine)."""
+    name = backbone.name_or_path
+    return {"base_model": os.path.basename(name.rstrip("/")) if os.path.isabs(name) else name,
+            "kind": "decoder" if decoder else "encoder", "finetune": finetune.name,
+            "finetune_config": json.loads(json.dumps(vars(finetune), default=str))}
 
 
 def export_reward_model(module, out_dir: str, extra: dict | None = None, adapter: bool = False) -> str:
-    """model.safetensors + config + tokenizer (with its chat template) + mars_export.json."""
+    """model.safetensors + config + tokenizer (with its chat template) + mars_export.json of
+    `module`: anything holding `model`, `tokenizer`, `backbone_cfg` and `finetune_cfg` (a
+    RewardModule, a LoadedRewardModel)."""
     os.makedirs(out_dir, exist_ok=True)
     model = module.model
     if has_lora(model):
@@ -112,7 +114,8 @@ def export_reward_model(module, out_dir: str, extra: dict | None = None, adapter
     with open(os.path.join(out_dir, "mars_export.json"), "w") as f:
         json.dump({"format": FORMAT, "add_special_tokens": formatter.adds_special_tokens("".join(probe)),
                    "truncation": TRUNCATION, "max_length": cfg.max_length,
-                   "min_prompt_tokens": cfg.min_prompt_tokens, **module.export_info(), **(extra or {})},
+                   "min_prompt_tokens": cfg.min_prompt_tokens, **export_info(cfg, module.finetune_cfg, model.decoder),
+                   **(extra or {})},
                   f, indent=2)
     return out_dir
 

@@ -1,19 +1,18 @@
 """The LightningModule: the reward model, its Bradley–Terry loss, optimiser and metrics per stage."""
 from __future__ import annotations
 
-import json
 import math
-import os
 import warnings
 from typing import Callable, Optional
 
 import lightning as L
+import numpy as np
 import torch
 from torchmetrics import MaxMetric, MeanMetric
 
 from mars.config import BackboneConfig, FinetuneConfig, LossConfig, OptimConfig
-from mars.model.backbone import is_decoder, load_network, load_tokenizer
-from mars.model.finetune import apply_finetune, load_kwargs
+from mars.model.backbone import load_tokenizer
+from mars.model.build import build_reward_model
 from mars.model.loss import bradley_terry_loss
 from mars.model.metrics import PairwiseMetrics
 from mars.model.reward_model import RewardModel
@@ -33,14 +32,15 @@ warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epo
 class RewardModule(L.LightningModule):
     def __init__(self, backbone: BackboneConfig, finetune: FinetuneConfig, optim: OptimConfig, loss: LossConfig,
                  seed: int = 0, tokenizer=None, feature_cache: Optional[str] = None,
-                 horizon: Optional[Callable[[], Optional[int]]] = None):
+                 epoch_batches: Optional[Callable[[int, int], list[int]]] = None):
         """`tokenizer`: shared with the DataModule (loaded from `backbone` when not given);
         `feature_cache`: a folder keeping the fast modes' frozen features across runs;
-        `horizon`: optimiser steps of the whole run as the data delivers them (the LR schedule)."""
+        `epoch_batches(epochs, world)`: training batches per rank of each epoch as the data
+        delivers them (the DataModule's `train_batches`): the LR schedule's horizon."""
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer", "feature_cache", "horizon"])
+        self.save_hyperparameters(ignore=["tokenizer", "feature_cache", "epoch_batches"])
         self.backbone_cfg, self.finetune_cfg, self.optim_cfg, self.loss_cfg = backbone, finetune, optim, loss
-        self.seed, self.feature_cache, self.horizon = seed, feature_cache, horizon
+        self.seed, self.feature_cache, self.epoch_batches = seed, feature_cache, epoch_batches
         self.tokenizer = tokenizer or load_tokenizer(backbone)
         self.model: Optional[RewardModel] = None  # built in configure_model(), inside the strategy
         self.metrics = torch.nn.ModuleDict({f"{s}_pairs": PairwiseMetrics() for s in STAGES})
@@ -57,12 +57,7 @@ class RewardModule(L.LightningModule):
         if self.model is not None:
             return
         cfg = self.backbone_cfg
-        net = load_network(cfg, self.tokenizer, **load_kwargs(self.finetune_cfg))
-        decoder = is_decoder(net.config) if cfg.kind == "auto" else cfg.kind == "decoder"
-        self.model = RewardModel(net, decoder)
-        apply_finetune(self.model, self.finetune_cfg)
-        if cfg.gradient_checkpointing and self.model.trunk is None:
-            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = build_reward_model(cfg, self.finetune_cfg, self.tokenizer)
         mesh = self.device_mesh  # set by ModelParallelStrategy (FSDP2)
         if mesh is not None:
             if self.model.trunk is not None:
@@ -149,9 +144,19 @@ class RewardModule(L.LightningModule):
         self.keep_features()
 
     def total_steps(self) -> int:
-        """Optimiser steps of the whole run, from the data as the loop delivers it."""
-        steps = self.horizon() if self.horizon else None
-        return max(1, int(steps or self.trainer.estimated_stepping_batches))
+        """Optimiser steps of the whole run, from the data as the loop delivers it, as the
+        trainer's limits cut it (Lightning's own estimate where the data gives no sizes)."""
+        trainer, steps = self.trainer, None
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        if self.epoch_batches is not None and trainer.max_epochs and trainer.max_epochs > 0:
+            limit = trainer.limit_train_batches
+            steps = sum(int(np.ceil((min(b, limit) if isinstance(limit, int) else int(b * limit))
+                                    / trainer.accumulate_grad_batches))
+                        for b in self.epoch_batches(trainer.max_epochs, trainer.world_size))
+            steps = min(steps, max_steps) if max_steps else steps
+        elif self.epoch_batches is not None:
+            steps = max_steps
+        return max(1, int(steps or trainer.estimated_stepping_batches))
 
     def configure_optimizers(self):
         cfg = self.optim_cfg
@@ -182,10 +187,3 @@ class RewardModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def export_info(self) -> dict:
-        """What mars_export.json records about the model (no paths of this machine)."""
-        return {"base_model": self.backbone_cfg.name_or_path if not os.path.isabs(self.backbone_cfg.name_or_path)
-                else os.path.basename(self.backbone_cfg.name_or_path.rstrip("/")),
-                "kind": "decoder" if self.model.decoder else "encoder", "finetune": self.finetune_cfg.name,
-                "finetune_config": json.loads(json.dumps(vars(self.finetune_cfg), default=str))}

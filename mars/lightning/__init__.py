@@ -1,0 +1,1 @@
+"""The Lightning glue: the only storey that imports lightning."""

@@ -1,0 +1,1 @@
+"""The MARS method in plain Python: the loop of rounds and its report."""
