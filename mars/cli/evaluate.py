@@ -32,22 +32,13 @@ from mars.config import CANDIDATE_SOURCES, typed
 from mars.data.candidates import load_sets
 from mars.data.splits import load_pool, load_splits
 from mars.evaluation.best_of_n import best_of_n, format_best_of_n
-from mars.evaluation.models import CandidateRewards, load_scorer
+from mars.evaluation.models import CandidateRewards, load_scorer, resolve_model
 from mars.evaluation.pairwise import bootstrap, by_group, format_table
 from mars.evaluation.rewardbench import rewardbench2_scores, rewardbench_scores, subset_accuracy
 from mars.evaluation.plots import best_of_n_plots, eval_plots
 from mars.model.scoring import Scorer
 
 log = logging.getLogger("mars.eval")
-
-
-def resolve_model(path: str) -> tuple[str, list[dict]]:
-    """(what to load, the run's round reports) for a checkpoint, export, Hub name or run folder."""
-    run = Path(path)
-    if (run / "export").is_dir():
-        rounds = [json.loads(p.read_text()) for p in sorted((run / "rounds").glob("round_*.json"))]
-        return str(run / "export"), rounds
-    return path, []
 
 
 def scorer_for(cfg: DictConfig, model: str) -> Scorer:

@@ -121,6 +121,12 @@ class PairFormatter:
         prompt, response = prompt[len(prompt) - keep_prompt:], response[len(response) - (budget - keep_prompt):]
         return prefix + prompt + response + suffix, True
 
+    def text_sequence(self, text: str) -> tuple[list[int], bool]:
+        """The ids of a conversation a client already rendered, and whether they were truncated:
+        special tokens as for pairs, cut from the left when too long (the end, where a decoder
+        reads the reward, stays)."""
+        return self._join(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], [])
+
     def sequence(self, prompt: str, response: str) -> tuple[list[int], bool]:
         """The ids of one side, and whether they were truncated."""
         return self._join(*self._split_ids(prompt, response))

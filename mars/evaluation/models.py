@@ -10,6 +10,8 @@ those of a full forward up to float rounding (the head runs on a different batch
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -18,6 +20,15 @@ import torch
 from mars.data.format import PairFormatter
 from mars.model.export import load_for_eval
 from mars.model.scoring import Scorer
+
+
+def resolve_model(path: str) -> tuple[str, list[dict]]:
+    """(what to load, the run's round reports) for a checkpoint, export, Hub name or run folder."""
+    run = Path(path)
+    if (run / "export").is_dir():
+        rounds = [json.loads(p.read_text()) for p in sorted((run / "rounds").glob("round_*.json"))]
+        return str(run / "export"), rounds
+    return path, []
 
 
 def load_scorer(model: str, max_length: Optional[int] = None, batch_size: int = 64, packing: bool = False,

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import transformers
 
 from mars.config import BackboneConfig, FinetuneConfig
 from mars.data.format import PairFormatter
 from mars.model.backbone import load_tokenizer
 from mars.model.build import build_reward_model
 from mars.model.finetune import has_lora, lora_config, merge_lora
+from mars.model.portable import OLDEST_CHECKED, make_portable
 from mars.model.reward_model import RewardModel
 
 FORMAT = ("text = tokenizer.apply_chat_template(messages, tokenize=False) with messages = the prompt's turns "
@@ -108,6 +110,7 @@ def export_reward_model(module, out_dir: str, extra: dict | None = None, adapter
     finally:
         model.detach_head()
     module.tokenizer.save_pretrained(out_dir)
+    make_portable(out_dir, model.decoder)
     cfg = module.backbone_cfg
     formatter = PairFormatter(module.tokenizer, cfg.max_length, cfg.min_prompt_tokens)
     probe = formatter.texts("x", "y")
@@ -115,6 +118,7 @@ def export_reward_model(module, out_dir: str, extra: dict | None = None, adapter
         json.dump({"format": FORMAT, "add_special_tokens": formatter.adds_special_tokens("".join(probe)),
                    "truncation": TRUNCATION, "max_length": cfg.max_length,
                    "min_prompt_tokens": cfg.min_prompt_tokens, **export_info(cfg, module.finetune_cfg, model.decoder),
+                   "transformers_version": transformers.__version__, "oldest_transformers_checked": OLDEST_CHECKED,
                    **(extra or {})},
                   f, indent=2)
     return out_dir
