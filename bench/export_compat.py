@@ -134,6 +134,16 @@ def compare(ours: dict, theirs: dict) -> dict:
             "acc_mars": acc(ours["rewards"]), "acc_theirs": acc(theirs["rewards"])}
 
 
+# RewardBench 0.1.4's pipeline moves its inputs to "cuda" unconditionally (rewardbench/models/
+# pipeline.py): on a machine without CUDA, this sitecustomize sends them to the CPU instead.
+CPU_SHIM = """
+import torch, transformers
+if not torch.cuda.is_available():
+    _to = transformers.BatchEncoding.to
+    transformers.BatchEncoding.to = lambda self, device, **kw: _to(self, "cpu" if str(device).startswith("cuda") else device, **kw)
+"""
+
+
 def rewardbench_cli(python: Path, export: str, pairs, ours: dict, folder: Path) -> dict:
     """RewardBench 0.1.4's own CLI on a local pairs file (`--load_json`), in its pinned environment
     (setuptools < 80: its CLI imports pkg_resources; `--not_quantized`: on a CPU, its default 8-bit
@@ -146,9 +156,13 @@ def rewardbench_cli(python: Path, export: str, pairs, ours: dict, folder: Path) 
     data = folder / "pairs.json"
     turns = lambda p, response: hh_messages(p.prompt) + [{"role": "assistant", "content": response}]  # noqa: E731
     data.write_text(json.dumps([{"chosen": turns(p, p.chosen), "rejected": turns(p, p.rejected)} for p in pairs]))
+    shim = folder / "cpu_shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(CPU_SHIM)
     done = subprocess.run([str(python.parent / "rewardbench"), f"--model={export}", f"--dataset={data}", "--load_json",
                            "--batch_size=8", "--max_length=4096", "--torch_dtype=float32", "--not_quantized",
-                           f"--output_dir={folder / 'rewardbench'}"], capture_output=True, text=True, timeout=1800)
+                           f"--output_dir={folder / 'rewardbench'}"], capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "PYTHONPATH": str(shim)})
     if done.returncode:
         return {"returncode": done.returncode, "tail": (done.stdout + done.stderr)[-2000:]}
     rows = [json.loads(line) for line in open(f"{export}_outputs.jsonl")]

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import random
 import tempfile
-import time
 from pathlib import Path
 
 import _common as C

@@ -46,11 +46,12 @@ def minilm_export(folder: Path) -> str:
     return export_reward_model(module, str(folder / "export"))
 
 
-def start(model: str, port: int, folder: Path, max_batch_size: int) -> subprocess.Popen:
+def start(model: str, port: int, folder: Path, max_batch_size: int, accelerator: str) -> subprocess.Popen:
     import httpx
 
     process = subprocess.Popen([sys.executable, "-m", "mars.serve", f"model={model}", f"port={port}",
-                                "accelerator=cpu", f"max_batch_size={max_batch_size}", f"hydra.run.dir={folder / 'run'}"],
+                                f"accelerator={accelerator}", f"max_batch_size={max_batch_size}",
+                                f"hydra.run.dir={folder / 'run'}"],
                                cwd=C.ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     for _ in range(240):
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--accelerator", default="cpu", help="the server's: cpu | cuda | auto")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of this process")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -124,7 +126,7 @@ def main() -> None:
             scorer.responses(rows)
         ours = np.concatenate(per_request)
         port = free_port()
-        server = start(model, port, folder, args.max_batch_size)
+        server = start(model, port, folder, args.max_batch_size, args.accelerator)
         try:
             runs = [load(f"http://127.0.0.1:{port}/score", bodies, c, args.timeout) for c in args.clients]
         finally:
