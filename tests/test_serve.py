@@ -77,6 +77,9 @@ def test_rewards_equal_eval_pys(served):
     first = post(served, {"prompt": PAIRS[0].prompt, "responses": [PAIRS[0].chosen, PAIRS[0].rejected]}).json()
     pairs = post(served, {"pairs": [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
                                     for p in PAIRS[:3]]}).json()
+    chats = post(served, {"conversations": [hh_messages(p.prompt) + [{"role": "assistant", "content": p.chosen}]
+                                            for p in PAIRS]}).json()
+    np.testing.assert_allclose(chats["rewards"], ours, rtol=1e-5, atol=1e-5)
     assert first["rewards"][0] == pytest.approx(ours[0], rel=1e-5)
     assert pairs["margins"][0] == pytest.approx(first["rewards"][0] - first["rewards"][1], rel=1e-5, abs=1e-4)
 
@@ -101,6 +104,7 @@ def test_an_overlong_text_is_truncated_and_counted(served):
     ({"prompt": "x", "responses": ["ok", " "]}, 422, "'responses[1]' is empty"),
     ({"pairs": [{"prompt": "x", "chosen": "a"}]}, 422, "'pairs[0]' has no 'rejected'"),
     ({"query": []}, 422, "nothing to score"),
+    ({"conversations": [[{"role": "user", "content": "hi"}]]}, 422, "must end with the assistant's response"),
     ({"texts": ["a"]}, 422, "the body needs 'query'"),
     ({"query": ["a"] * 17}, 413, "17 sequences in one request, more than serve.max_items=16"),
     ({"query": ["a" * 30000]}, 413, "over serve.max_body_bytes=20000"),

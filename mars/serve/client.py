@@ -15,14 +15,12 @@ from typing import Optional, Sequence
 
 import httpx
 
+from mars.serve.protocol import as_prompt
 
-def as_prompt(prompt) -> str:
-    """A TRL prompt (a string, or a list of chat messages) as the string mars parses turn by turn
-    (mars.data.format.hh_messages); system messages are not part of mars's format."""
-    if isinstance(prompt, str):
-        return prompt
-    roles = {"user": "Human", "assistant": "Assistant"}
-    return "".join(f"\n\n{roles[m['role']]}: {m['content']}" for m in prompt if m["role"] in roles) + "\n\nAssistant:"
+
+def prompt_text(prompt) -> str:
+    """A TRL prompt: a string, or a list of chat messages."""
+    return prompt if isinstance(prompt, str) else as_prompt(prompt)
 
 
 def as_text(completion) -> str:
@@ -39,7 +37,7 @@ class RemoteReward:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
-        items = [{"prompt": as_prompt(p), "response": as_text(c)} for p, c in zip(prompts, completions)]
+        items = [{"prompt": prompt_text(p), "response": as_text(c)} for p, c in zip(prompts, completions)]
         return self.post({"items": items})["rewards"]
 
     def post(self, body: dict) -> dict:

@@ -6,8 +6,9 @@ Forms (one JSON object each):
   each text a whole rendered conversation; `prompts` and `labels` are accepted and unused.
   Answer: `{"rewards": [...], "truncated": n}`.
 - Structured, rendered with the reward model's own chat template (the rewards mars measured):
-  `{"prompt": str, "responses": [str, ...]}` or `{"items": [{"prompt", "response"}, ...]}` →
-  `{"rewards": [...], "truncated": n}`, or
+  `{"prompt": str, "responses": [str, ...]}`, `{"items": [{"prompt", "response"}, ...]}` or
+  `{"conversations": [[{"role", "content"}, ...], ...]}` (each ending with the assistant's
+  response) → `{"rewards": [...], "truncated": n}`, or
   `{"pairs": [{"prompt", "chosen", "rejected"}, ...]}` → `{"chosen": [...], "rejected": [...],
   "margins": [...], "truncated": n}`.
 """
@@ -24,7 +25,7 @@ class RequestError(ValueError):
 
 @dataclass
 class RewardRequest:
-    kind: str  # query | responses | items | pairs
+    kind: str  # query | responses | items | conversations | pairs
     rows: list  # texts (query), (prompt, response) tuples (responses, pairs: chosen then rejected per pair)
 
 
@@ -61,6 +62,33 @@ def _objects(body: dict, field: str, sides: tuple[str, ...]) -> list[tuple[str, 
     return rows
 
 
+def as_prompt(messages: list) -> str:
+    """Chat messages as the prompt string mars parses turn by turn (mars.data.format.hh_messages);
+    system messages are not part of mars's format."""
+    roles = {"user": "Human", "assistant": "Assistant"}
+    turns = "".join(f"\n\n{roles[m['role']]}: {m['content']}" for m in messages if m["role"] in roles)
+    return turns + "\n\nAssistant:" if turns else ""  # no turn: the response alone
+
+
+def _conversations(body: dict) -> list[tuple[str, str]]:
+    conversations = body["conversations"]
+    if not isinstance(conversations, list):
+        raise RequestError(422, f"'conversations' must be a list of message lists, got {type(conversations).__name__}")
+    rows = []
+    for i, messages in enumerate(conversations):
+        if not isinstance(messages, list) or not messages:
+            raise RequestError(422, f"'conversations[{i}]' must be a non-empty list of messages")
+        for j, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+                raise RequestError(422, f"'conversations[{i}][{j}]' must be a message with role system, user or "
+                                        "assistant and its content")
+            _text(m.get("content"), f"conversations[{i}][{j}].content")
+        if messages[-1]["role"] != "assistant":
+            raise RequestError(422, f"'conversations[{i}]' must end with the assistant's response")
+        rows.append((as_prompt(messages[:-1]), messages[-1]["content"]))
+    return rows
+
+
 def parse_request(body, max_items: int) -> RewardRequest:
     """The request `body` (parsed JSON) as rows to score; RequestError names what is wrong."""
     if not isinstance(body, dict):
@@ -71,12 +99,15 @@ def parse_request(body, max_items: int) -> RewardRequest:
         request = RewardRequest("pairs", _objects(body, "pairs", ("chosen", "rejected")))
     elif "items" in body:
         request = RewardRequest("items", _objects(body, "items", ("response",)))
+    elif "conversations" in body:
+        request = RewardRequest("conversations", _conversations(body))
     elif "responses" in body:
         if not isinstance(body.get("prompt"), str):
             raise RequestError(422, "'prompt' (a string) must come with 'responses'")
         request = RewardRequest("responses", [(body["prompt"], r) for r in _texts(body, "responses")])
     else:
-        raise RequestError(422, "the body needs 'query' (OpenRLHF), 'prompt' with 'responses', 'items' or 'pairs'")
+        raise RequestError(422, "the body needs 'query' (OpenRLHF), 'prompt' with 'responses', 'items', "
+                                "'conversations' or 'pairs'")
     if not request.rows:
         raise RequestError(422, f"nothing to score: '{request.kind}' is empty")
     if len(request.rows) > max_items:
