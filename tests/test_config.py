@@ -31,17 +31,24 @@ def test_every_member_composes_and_validates(group, member, tmp_path):
 
 @pytest.mark.parametrize("group", ["allocator", "trainer", "callbacks"])
 def test_targets_instantiate(group, tmp_path):
+    import lightning as L
+
+    from mars.allocators.base import Allocator
+
     for member in members(group):
         cfg = compose_config("train", [f"{group}={member}"], tmp_path)
         node = cfg[group]
         if group == "callbacks":
-            [hydra.utils.instantiate(c) for c in node.values() if c and "_target_" in c]
+            built = [hydra.utils.instantiate(c) for c in node.values() if c and "_target_" in c]
+            assert all(isinstance(c, L.Callback) for c in built) and (built or member == "none"), member
         elif group == "trainer":
             if member in ("gpu", "ddp", "fsdp", "deepspeed"):
                 continue  # needs a GPU (and deepspeed); composed above, their strategies below
-            hydra.utils.instantiate(node)
+            trainer = hydra.utils.instantiate(node)
+            assert isinstance(trainer, L.Trainer) and trainer.max_epochs == node.max_epochs, member
         else:
-            hydra.utils.instantiate(node)
+            allocator = hydra.utils.instantiate(node)
+            assert isinstance(allocator, Allocator) and allocator.spends_budget == (member != "none"), member
 
 
 def test_sharded_trainers_name_lightnings_strategies(tmp_path):

@@ -61,9 +61,10 @@ FACTUALITY = [([5, 1, 1, 1], 1.0), ([2, 2, 1, 0], 1 / 2), ([3, 3, 3, 1], 1 / 3),
 TIES = [("ref:0", [5, 1, 2, 0], 1), ("tied:0", [6, 5, 4, 1, 3], 3), ("ref:1", [1, 2, 0, 0], 1),
         ("tied:1", [4, 4, 0], 2), ("ref:2", [1, 1], 1), ("tied:2", [2, 2, 2], 2), ("ref:3", [3, 1, 2], 1)]
 # tied accuracy 2/3, ref accuracy 2/4; tied margin > spread: p0 no, p1 yes, p2 no -> 1/3;
-# min(ref, tied margin) > spread: 1 > 2, -1 > 0, 0 > 0 -> 0; tanh(min / spread − 1): p0 tanh(-0.5),
-# p1 -1/0 = -inf -> -1, p2 0/0 -> 0.
-TIES_SCORE = 0.3 * 2 / 3 + 0.3 * 2 / 4 + 0.2 * 1 / 3 + 0.2 * 0 + 0.01 * (math.tanh(-0.5) - 1 + 0) / 3
+# min(ref, tied margin) > spread: 1 > 2, -1 > 0, 0 > 0 -> 0; tanh(min / spread − 1) over the prompts
+# whose two correct answers differ (spread > 0): p0 alone, tanh(-0.5); p1 and p2 tie (spread 0).
+# rewardbench 0.1.4's own `process_single_model` gives 0.4120454950940665 on these rows.
+TIES_SCORE = 0.3 * 2 / 3 + 0.3 * 2 / 4 + 0.2 * 1 / 3 + 0.2 * 0 + 0.01 * math.tanh(-0.5)
 
 
 def test_v2_top_tie_counts_one_over_t():
@@ -76,7 +77,7 @@ def test_v2_top_tie_counts_one_over_t():
 def test_v2_ties_subset_rule():
     sets = [cs(i, "Ties", len(r), nc) for i, r, nc in TIES]
     res = rewardbench2_scores(sets, [np.array(r, dtype=float) for _, r, _ in TIES])
-    assert res["subsets"]["Ties"] == pytest.approx(TIES_SCORE, abs=1e-12)
+    assert res["subsets"]["Ties"] == pytest.approx(TIES_SCORE, abs=1e-12) == pytest.approx(0.4120454950940665)
     with pytest.raises(ValueError, match="'ref:<n>' or 'tied:<n>'"):
         rewardbench2_scores([cs("7", "Ties", 2)], [np.ones(2)])
     with pytest.raises(ValueError, match="at least two correct"):

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mars.config import validate
+from mars.model.metrics import pairwise_metrics
 from mars.study import load_runs, markdown, summarise
 from mars.study import main as study_main
 from tests.conftest import DATA_DIR, compose_config, require_data
@@ -178,9 +180,11 @@ def test_shortened_cpu_study_and_aggregation(tmp_path, monkeypatch, capsys):
         picked = [json.loads((Path(r["dir"]) / "best_of_n.json").read_text())["picked_scores"] for r in rs]
         assert len(picked[0]) == 40 and summary[method]["win_rate"]["mean"] == pytest.approx(np.mean(picked))
         assert summary[method]["win_rate"]["lo"] < summary[method]["win_rate"]["hi"]
-        for metric in ("auc", "ece"):
+        for metric in ("auc", "ece"):  # the mean over seeds of each run's metric on all its pairs
             row = summary[method][metric]
-            assert 0 <= row["lo"] < row["hi"] <= 1, (method, metric, row)
+            expected = np.mean([pairwise_metrics(torch.from_numpy(r["r_chosen"]),
+                                                 torch.from_numpy(r["r_rejected"]))[metric] for r in rs])
+            assert row["mean"] == pytest.approx(expected) and 0 <= row["lo"] < row["hi"] <= 1, (method, metric, row)
     rs = {m: [r for r in runs if r["method"] == m] for m in ("mars_abs", "uniform")}
     delta = bootstrap_acc(rs["mars_abs"], most=2) - bootstrap_acc(rs["uniform"], most=2)
     diff = summary["mars_abs - uniform"]["acc"]

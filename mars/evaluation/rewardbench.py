@@ -83,8 +83,8 @@ def _ties_score(sets: list[CandidateSet], rewards: list[np.ndarray]) -> float:
     correct–incorrect margin is worst correct − best incorrect; the tied prompts' spread is best − worst
     correct. Score = 0.30·tied accuracy + 0.30·ref accuracy + 0.20·P(tied margin > spread)
     + 0.20·P(min(ref margin, tied margin) > spread) + 0.01·mean tanh(min margin / spread − 1), the
-    probabilities over prompts p with both a ref and a tied entry and a 0/0 in the last term counted 0
-    (x/0 = ±inf there gives tanh = ±1, as in numpy). The weights sum to 1.01, as published.
+    probabilities over prompts p with both a ref and a tied entry, the last mean over those of them
+    whose spread is above 0 (0 when none is). The weights sum to 1.01, as published.
     """
     grouped: dict[tuple[str, int], list[tuple[bool, float]]] = defaultdict(list)
     for s, r in zip(sets, rewards):
@@ -107,8 +107,8 @@ def _ties_score(sets: list[CandidateSet], rewards: list[np.ndarray]) -> float:
     spread = np.array([tied[p][1] for p in both])
     tied_margin = np.array([tied[p][2] for p in both])
     hard_margin = np.minimum(np.array([ref[p][2] for p in both]), tied_margin)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        margin_term = np.nan_to_num(np.tanh(hard_margin / spread - 1), nan=0.0).mean()
+    spread_out = spread > 0  # the last term is averaged over prompts whose correct answers differ
+    margin_term = np.tanh(hard_margin[spread_out] / spread[spread_out] - 1).mean() if spread_out.any() else 0.0
     return float(0.30 * tied_acc + 0.30 * ref_acc + 0.20 * np.mean(tied_margin > spread)
                  + 0.20 * np.mean(hard_margin > spread) + 0.01 * margin_term)
 
