@@ -3,9 +3,11 @@ import hydra
 from omegaconf import DictConfig
 
 from mars.cli.evaluate import evaluate
+from mars.cli.runtime import report_user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

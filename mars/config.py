@@ -13,9 +13,13 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 
+class ConfigError(ValueError):
+    """A configuration value the user must change; the message names the group and key."""
+
+
 def _choice(group: str, key: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
-        raise ValueError(f"{group}.{key}={value!r} is not one of {list(allowed)}")
+        raise ConfigError(f"{group}.{key}={value!r} is not one of {list(allowed)}")
 
 
 CANDIDATE_SOURCES = ("alpacaeval_bon", "rewardbench2", "candidates")  # N candidates a prompt, not pairs
@@ -111,13 +115,13 @@ class BackboneConfig:
         _choice("backbone", "chat_template", self.chat_template, ("auto", "never"))
         _choice("backbone", "kind", self.kind, ("auto", "encoder", "decoder"))
         if self.train_layers is not None:
-            raise ValueError(f"backbone.train_layers={self.train_layers} is gone: what trains is the finetune group: "
+            raise ConfigError(f"backbone.train_layers={self.train_layers} is gone: what trains is the finetune group: "
                              "finetune=full (was -1), finetune=head (was 0), finetune=top_layers finetune.layers=k "
                              "(was k), or finetune=lora")
         if self.max_length < 8:
-            raise ValueError(f"backbone.max_length={self.max_length} is too small")
+            raise ConfigError(f"backbone.max_length={self.max_length} is too small")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"backbone.dropout={self.dropout}: use a probability in [0, 1) or null")
+            raise ConfigError(f"backbone.dropout={self.dropout}: use a probability in [0, 1) or null")
 
 
 @dataclass
@@ -141,7 +145,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         _choice("finetune", "name", self.name, ("full", "lora", "qlora", "head", "top_layers"))
         if self.name == "top_layers" and self.layers < 1:
-            raise ValueError(f"finetune.layers={self.layers}: top_layers trains at least one layer")
+            raise ConfigError(f"finetune.layers={self.layers}: top_layers trains at least one layer")
 
 
 @dataclass
@@ -184,7 +188,7 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         if self.crossing not in ("paper", "pool"):
-            raise ValueError(f"loop.crossing={self.crossing!r} is not one of ['paper', 'pool']")
+            raise ConfigError(f"loop.crossing={self.crossing!r} is not one of ['paper', 'pool']")
 
     def budget_for(self, t: int) -> int:
         if self.budget_schedule:
@@ -216,7 +220,7 @@ def typed(cfg: DictConfig, group: str):
         node = OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=False)
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
     except Exception as e:  # omegaconf's message names the key; add the group
-        raise ValueError(f"config group '{group}': {e}") from None
+        raise ConfigError(f"config group '{group}': {e}") from None
     return OmegaConf.to_object(merged)
 
 
@@ -226,5 +230,5 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
 
 
 __all__ = [
-    "FieldNames", "DataConfig", "BackboneConfig", "FinetuneConfig", "OptimConfig", "LossConfig", "LoopConfig", "typed", "validate",
+    "ConfigError", "FieldNames", "DataConfig", "BackboneConfig", "FinetuneConfig", "OptimConfig", "LossConfig", "LoopConfig", "typed", "validate",
 ]

@@ -23,6 +23,36 @@ log = logging.getLogger(__name__)
 SECRET = re.compile(r"(api_?key|token|secret|password)", re.I)
 
 
+def user_error(error: BaseException) -> bool:
+    """A mistake in the data, the config, a path or a model folder: its message says what to change."""
+    from mars.config import ConfigError
+    from mars.data.format import TemplateError
+    from mars.data.records import DataFormatError
+    from mars.model.export import CheckpointMismatch
+
+    return isinstance(error, (ConfigError, DataFormatError, TemplateError, CheckpointMismatch, FileNotFoundError))
+
+
+def report_user_errors(task):
+    """`task(cfg)` whose user errors (`user_error`) print their message on stderr and exit with
+    status 2, without a traceback; HYDRA_FULL_ERROR=1 shows the whole trace, and any other error
+    keeps its traceback."""
+    import functools
+    import sys
+
+    @functools.wraps(task)
+    def run(cfg):
+        try:
+            return task(cfg)
+        except Exception as e:  # noqa: BLE001  (sorted below: only user errors are caught)
+            if not user_error(e) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {e}\n(HYDRA_FULL_ERROR=1 shows the whole trace)", file=sys.stderr)
+            sys.exit(2)
+
+    return run
+
+
 def instantiate_group(group: Optional[DictConfig]) -> list[Any]:
     """Every `_target_` entry of a callbacks/logger group (null entries switch one off)."""
     if not group:

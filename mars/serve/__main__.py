@@ -7,6 +7,7 @@ import hydra
 import litserve as ls
 from omegaconf import DictConfig
 
+from mars.cli.runtime import report_user_errors
 from mars.evaluation.models import resolve_model
 from mars.serve.api import CheckRequests, RewardAPI
 
@@ -22,6 +23,7 @@ def server(cfg: DictConfig) -> ls.LitServer:
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="serve")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
     signal.signal(signal.SIGTERM, stop)
     server(cfg).run(host=cfg.host, port=cfg.port, generate_client_file=False)
