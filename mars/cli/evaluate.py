@@ -28,7 +28,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
-from mars.config import CANDIDATE_SOURCES, typed
+from mars.config import CANDIDATE_SOURCES, ConfigError, typed
 from mars.data.candidates import load_sets
 from mars.data.splits import load_pool, load_splits
 from mars.evaluation.best_of_n import best_of_n, format_best_of_n
@@ -63,9 +63,9 @@ def evaluate_one(cfg: DictConfig, model: str, pairs) -> tuple[dict, np.ndarray]:
 def judged_sets(cfg: DictConfig, data, out: Path) -> tuple[list, dict]:
     """The candidate sets, sampled by `cfg.policy` and scored by `cfg.judge` where given; what did it."""
     if cfg.get("policy") and not cfg.get("judge"):
-        raise ValueError("policy= samples candidates that nobody would score: add judge=gold or judge=chat")
+        raise ConfigError("policy= samples candidates that nobody would score: add judge=gold or judge=chat")
     if (cfg.get("policy") or cfg.get("judge")) and data.source == "rewardbench2":
-        raise ValueError("policy= and judge= make best-of-N sets; RewardBench 2 is scored by its own labels")
+        raise ConfigError("policy= and judge= make best-of-N sets; RewardBench 2 is scored by its own labels")
     policy = instantiate(cfg.policy) if cfg.get("policy") else None
     judge = instantiate(cfg.judge) if cfg.get("judge") else None
     sets = load_sets(data, prompts_only=policy is not None)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from mars.cli.runtime import (close_loggers, config_digest, instantiate_group, loggable_config, next_commands,
                               quiet_known_noise, resolve_ckpt_path)
-from mars.config import validate
+from mars.config import ConfigError, validate
 from mars.data.format import PairFormatter
 from mars.evaluation.best_of_n import format_best_of_n, score_best_of_n
 from mars.lightning.callbacks import FitGuard, RunSummary
@@ -51,7 +51,7 @@ def run(cfg: DictConfig, loggers: list) -> tuple[dict[str, float], dict]:
     """`train` with its loggers built."""
     typed = validate(cfg)
     if cfg.get("best_of_n") and not cfg.get("test"):
-        raise ValueError("best_of_n scores the best checkpoint after the test: it needs test=true")
+        raise ConfigError("best_of_n scores the best checkpoint after the test: it needs test=true")
     L.seed_everything(cfg.seed, workers=True)
     backbone, data = typed["backbone"], typed["data"]
     tokenizer = load_tokenizer(backbone)  # one tokenizer for the data and the model

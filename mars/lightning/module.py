@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torchmetrics import MaxMetric, MeanMetric
 
-from mars.config import BackboneConfig, FinetuneConfig, LossConfig, OptimConfig
+from mars.config import BackboneConfig, ConfigError, FinetuneConfig, LossConfig, OptimConfig
 from mars.model.backbone import load_tokenizer
 from mars.model.build import build_reward_model
 from mars.model.loss import bradley_terry_loss
@@ -61,7 +61,7 @@ class RewardModule(L.LightningModule):
         mesh = self.device_mesh  # set by ModelParallelStrategy (FSDP2)
         if mesh is not None:
             if self.model.trunk is not None:
-                raise ValueError(f"finetune={self.finetune_cfg.name} caches features per process and is not sharded: "
+                raise ConfigError(f"finetune={self.finetune_cfg.name} caches features per process and is not sharded: "
                                  "use trainer=ddp (or ddp_sim) with it")
             shard(self.model, mesh["data_parallel"], self.trainer.precision)
         if self.model.trunk is not None and self.feature_cache:

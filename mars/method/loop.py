@@ -27,7 +27,7 @@ import numpy as np
 from mars.allocators.base import Allocator
 from mars.augmenters.base import Augmenter, VariantRequest
 from mars.augmenters.none import NoAugmenter
-from mars.config import LoopConfig
+from mars.config import ConfigError, LoopConfig
 from mars.data.records import PreferencePair
 from mars.data.splits import check_no_heldout_leak
 from mars.distributed import LOCAL, Distributed
@@ -68,7 +68,7 @@ class MarsLoop:
 
     def __post_init__(self) -> None:
         if self.allocator.spends_budget and isinstance(self.augmenter, NoAugmenter):
-            raise ValueError(f"{type(self.allocator).__name__} spends a budget of synthetic pairs but "
+            raise ConfigError(f"{type(self.allocator).__name__} spends a budget of synthetic pairs but "
                              "augmenter=none makes none: choose augmenter=eda (or paraphrase, llm_rewrite, "
                              "semantic), or allocator=none")
 
@@ -178,7 +178,7 @@ class MarsLoop:
         index = {p.id: i for i, p in enumerate(self.base)}
         stray = [p for p in synthetic if index.get(p.meta.get("base_id"), -1) != p.meta.get("base_index")]
         if stray:
-            raise ValueError(f"the D^t restored from the checkpoint has {len(stray)} of {len(synthetic)} synthetic "
+            raise ConfigError(f"the D^t restored from the checkpoint has {len(stray)} of {len(synthetic)} synthetic "
                              f"pairs whose base pair is not this run's (e.g. {stray[0].id}, base_id "
                              f"{stray[0].meta.get('base_id')!r}): it was built on other data; resume a checkpoint of "
                              "this data and loop configuration, or start afresh without ckpt_path")
