@@ -251,7 +251,7 @@ def score(dataset: str, folder: str, args) -> None:
 
     loaded = load_for_eval(folder)  # LoadedRewardModel: .model is the RewardModel
     cfg = loaded.backbone_cfg
-    scorer = Scorer(PairFormatter(loaded.tokenizer, cfg.max_length, cfg.min_prompt_tokens),
+    scorer = Scorer(PairFormatter.of(loaded.tokenizer, cfg),
                     loaded.tokenizer.pad_token_id, loaded.model, 16)
     for method in METHODS:
         result = merged(args.out, dataset, method, args.min_length_ratio)

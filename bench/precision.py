@@ -101,7 +101,7 @@ def build(pool: int, pairs: int, batches: int, max_length: int, root: Path):
     torch.manual_seed(0)
     module = RewardModule(backbone, finetune, optim, loss, cfg.seed, tokenizer)
     module.configure_model()
-    formatter = PairFormatter(tokenizer, backbone.max_length, backbone.min_prompt_tokens)
+    formatter = PairFormatter.of(tokenizer, backbone)
     encoded = formatter.encode(C.hh_pairs()[:pool])
     groups = PairBatchSampler([e.length for e in encoded], pairs, shuffle=True, seed=cfg.seed).all_batches()[:batches]
     layouts = {"padded": [Collator(tokenizer.pad_token_id)([encoded[i] for i in g]) for g in groups],

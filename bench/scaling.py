@@ -87,7 +87,7 @@ def fresh_loop(s: dict):
     from mars.model.scoring import Scorer
 
     data, backbone, tokenizer = s["data"], s["backbone"], s["tokenizer"]
-    formatter = PairFormatter(tokenizer, backbone.max_length, backbone.min_prompt_tokens)
+    formatter = PairFormatter.of(tokenizer, backbone)
     scorer = Scorer(formatter, tokenizer.pad_token_id, s["model"], data.eval_batch_size, packing=data.packing,
                     max_tokens=data.max_tokens_per_batch)
     loop = MarsLoop(s["loop"], s["allocator"], s["augmenter"], scorer, seed=s["cfg"].seed)

@@ -35,7 +35,7 @@ def main() -> None:
     from mars.model.scoring import Scorer
 
     def score(module, pairs):
-        fmt = PairFormatter(module.tokenizer, module.backbone_cfg.max_length, module.backbone_cfg.min_prompt_tokens)
+        fmt = PairFormatter.of(module.tokenizer, module.backbone_cfg)
         s = Scorer(fmt, module.tokenizer.pad_token_id, module, packing=True, max_tokens=2048).pairs(pairs)
         return s.r_chosen, s.r_rejected
 

@@ -50,13 +50,15 @@ def worker_mars(args) -> dict:
 
     tmp = Path(args.tmp)
     out_dir = tmp / f"mars_run_{args.tag}"
+    train_file, train_size = (tmp / "train_kept.jsonl.gz", args.kept_size) if args.kept else \
+        (tmp / "train.jsonl.gz", args.train)
     cfg = C.compose([
-        "data=hh_rlhf_offline", f"data.path={tmp / 'train.jsonl.gz'}",
+        "data=hh_rlhf_offline", f"data.path={train_file}",
         f"data.val_path={tmp / 'heldout.jsonl.gz'}", "data.test_size=0",
-        f"data.train_size={args.train}", f"backbone.max_length={args.max_length}",
+        f"data.train_size={train_size}", f"backbone.max_length={args.max_length}",
         f"data.batch_size={args.batch}", "data.eval_batch_size=64",
         "allocator=none", "augmenter=none", "trainer.max_epochs=1", "~logger", "callbacks=none",
-        "test=false", "export=false", "seed=42", "+trainer.limit_val_batches=0",
+        "test=false", "export=false", f"seed={args.seed}", "+trainer.limit_val_batches=0",
         "+callbacks.bench_timer._target_=_common.EpochTimer", "+callbacks.bench_timer.memory=true",
         f"data.packing={str(args.packing).lower()}", f"data.max_tokens_per_batch={args.max_tokens}",
         f"trainer.precision={'bf16-mixed' if args.bf16 else '32-true'}",
@@ -81,6 +83,7 @@ def worker_mars(args) -> dict:
         "tokens": ep["tokens"], "padded_tokens": ep["padded"], "pad_fraction": ep["pad_fraction"],
         "batches": ep["batches"], "truncated_train": dm.truncated.get("train"),
         "truncated_heldout": dm.truncated.get("val"),
+        "uninformative": {k: len(v) for k, v in dm.uninformative.items()},
         "heldout_margins": (rc - rr).tolist(), "heldout_ids": [p.id for p in heldout],
         "memory": timer.memory_result, "load_start": ep["load_start"], "load_end": ep["load_end"],
         "eval_s": m_eval.seconds, "threads": timer.threads,
@@ -146,7 +149,7 @@ def worker_trl(args) -> dict:
         output_dir=str(tmp / f"trl_out_{args.tag}"), per_device_train_batch_size=args.batch,
         num_train_epochs=1, max_length=args.max_length, report_to=[], use_cpu=True,
         bf16=args.bf16, fp16=False, save_strategy="no", eval_strategy="no", logging_steps=10**6,
-        dataloader_num_workers=0, disable_tqdm=True, seed=42, **recipe,
+        dataloader_num_workers=0, disable_tqdm=True, seed=args.seed, **recipe,
         # MiniLM's BERT tokenizer has no EOS token, which TRL appends to standard-format text
         # (and fails on None): the BERT separator stands in for it.
         eos_token=tok.sep_token,
@@ -210,7 +213,23 @@ def prepare(args, tmp: Path) -> dict:
     with open(tmp / "trl.json", "w") as f:
         json.dump({"train": [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in train_rows],
                    "heldout": [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in held_rows]}, f)
-    return {"train_ids": [p.id for p in train], "heldout_ids": [p.id for p in heldout]}
+    kept = [r for r in train_rows if trl_fits(r, args.max_length)]
+    C.write_hh_jsonl_gz(kept, tmp / "train_kept.jsonl.gz")
+    args.kept_size = len(kept)
+    return {"train_ids": [p.id for p in train], "heldout_ids": [p.id for p in heldout], "trl_kept": len(kept)}
+
+
+def trl_fits(row: dict, max_length: int) -> bool:
+    """Whether TRL keeps a pair: both dialogues, with its EOS ([SEP] for MiniLM), within max_length."""
+    from transformers import AutoTokenizer
+
+    from mars.model.backbone import resolve
+
+    global _TOKENIZER
+    if "_TOKENIZER" not in globals():
+        _TOKENIZER = AutoTokenizer.from_pretrained(resolve("minilm"))
+    tok = _TOKENIZER
+    return all(len(tok(row[k] + tok.sep_token)["input_ids"]) <= max_length for k in ("chosen", "rejected"))
 
 
 def run_worker(framework: str, args, tmp: Path, tag: str) -> dict:
@@ -220,6 +239,7 @@ def run_worker(framework: str, args, tmp: Path, tag: str) -> dict:
            "--max-length", str(args.max_length), "--batch", str(args.batch), "--threads", str(args.threads)]
     cmd += ["--trl-defaults"] if args.trl_defaults else []
     cmd += ["--max-tokens", str(args.max_tokens)] + (["--packing"] if args.packing else []) + (["--bf16"] if args.bf16 else [])
+    cmd += ["--seed", str(args.seed), "--kept-size", str(args.kept_size)] + (["--kept"] if args.kept else [])
     with C.Measure(f"{framework} process (load + tokenise + train + held-out scoring)") as m:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -255,6 +275,11 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=2304, help="data.max_tokens_per_batch under --packing")
     ap.add_argument("--bf16", action="store_true",
                     help="both in bf16 autocast: mars trainer.precision=bf16-mixed, TRL bf16=True")
+    ap.add_argument("--parity", type=int, default=0, metavar="SEEDS",
+                    help="held-out accuracy over SEEDS seeds: TRL, mars padded, packed, and padded on TRL's kept pairs")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--kept", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--kept-size", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=["mars", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="0", help=argparse.SUPPRESS)
@@ -266,6 +291,8 @@ def main() -> None:
         return
     if args.quick:
         args.train, args.heldout = 48, 40
+    if args.parity:
+        return parity(args)
     load0 = C.begin()
     print(f"train_vs_trl: {args.train} train pairs (first of the file), {args.heldout} held out (last), "
           f"max_length {args.max_length}, {args.batch} pairs/batch"
@@ -358,6 +385,71 @@ def main() -> None:
           f"{m['pairs_trained']}/{m['pairs_offered']} vs {t['pairs_trained']}/{t['pairs_offered']}; held-out acc "
           f"{m['heldout_acc']:.3f} vs {t['heldout_acc']:.3f} ({ratio_acc:.3f}x); median of {args.repeats} run(s); "
           f"loadavg {C.fmt_load(load0)} → {C.fmt_load(load1)}")
+
+
+PARITY_MODES = {"padded": {}, "packed": {"packing": True}, "kept pairs": {"kept": True}}
+
+
+def paired_difference(ours: list, theirs: list, mask, draws: int = 2000, seed: int = 0) -> dict:
+    """Mean over seeds of mars − TRL held-out accuracy (seed s against seed s), with a 95% interval
+    from resampling seeds and held-out pairs together (the same pairs for both sides)."""
+    import numpy as np
+
+    keep = np.flatnonzero(mask)
+    a = np.array([np.asarray(m)[keep] > 0 for m in ours], dtype=float)  # [seeds, pairs] correct
+    b = np.array([np.asarray(m)[keep] > 0 for m in theirs], dtype=float)
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(draws):
+        s, p = rng.integers(0, len(a), len(a)), rng.integers(0, a.shape[1], a.shape[1])
+        boot.append((a[s][:, p] - b[s][:, p]).mean())
+    return {"mean": float((a - b).mean()), "lo": float(np.percentile(boot, 2.5)), "hi": float(np.percentile(boot, 97.5)),
+            "ours": a.mean(1).tolist(), "theirs": b.mean(1).tolist(), "pairs": len(keep)}
+
+
+def parity(args) -> None:
+    """TRL and each mars mode on seeds 0..N−1 (order alternating by seed), paired by seed."""
+    import numpy as np
+
+    load0 = C.begin()
+    runs = {"trl": []} | {m: [] for m in PARITY_MODES}
+    with tempfile.TemporaryDirectory(prefix="mars_bench_parity_") as d:
+        tmp = Path(d)
+        ids = prepare(args, tmp)
+        print(f"parity: {args.train} train pairs ({ids['trl_kept']} within TRL's limit), {args.heldout} held out, "
+              f"seeds 0..{args.parity - 1}; loadavg {C.fmt_load(load0)}", flush=True)
+        for seed in range(args.parity):
+            order = [("trl", {})] + list(PARITY_MODES.items())
+            for name, mode in (order if seed % 2 == 0 else order[::-1]):
+                run_args = argparse.Namespace(**{**vars(args), "seed": seed, "packing": False, "kept": False, **mode})
+                res = run_worker("trl" if name == "trl" else "mars", run_args, tmp, f"s{seed}_{name.replace(' ', '_')}")
+                runs[name].append(res)
+                print(f"  seed {seed} {name}: held-out acc {acc(res['heldout_margins']):.4f}, "
+                      f"{res['pairs']} pairs trained in {res['train_s']:.1f} s", flush=True)
+                if args.json:
+                    C.write_json(args.json + ".partial", {"args": vars(args), "runs": runs})
+    fits = runs["trl"][0]["heldout_fits"]
+    every = [True] * len(fits)
+    margins = {k: [r["heldout_margins"] for r in v] for k, v in runs.items()}
+    table = {}
+    for name in PARITY_MODES:
+        table[f"mars {name} − TRL"] = {"all": paired_difference(margins[name], margins["trl"], every),
+                                       "within TRL's limit": paired_difference(margins[name], margins["trl"], fits)}
+    table["mars packed − mars padded"] = {"all": paired_difference(margins["packed"], margins["padded"], every),
+                                          "within TRL's limit": paired_difference(margins["packed"], margins["padded"],
+                                                                                  fits)}
+    print(f"\n{'':30}{'accuracy per seed (mars | other)':>44}   mean difference [95% interval]")
+    for label, cols in table.items():
+        for part, r in cols.items():
+            per_seed = " ".join(f"{x:.3f}" for x in r["ours"]) + " | " + " ".join(f"{x:.3f}" for x in r["theirs"])
+            print(f"{label:30}{part + ' (' + str(r['pairs']) + ')':>22} {per_seed}   "
+                  f"{r['mean']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]")
+    spread = {k: float(np.std([acc(m) for m in v], ddof=1)) for k, v in margins.items()}
+    print("seed-to-seed std of held-out accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in spread.items()))
+    print("uninformative pairs left out by mars (train, val): "
+          f"{runs['padded'][0]['uninformative'].get('train')}, {runs['padded'][0]['uninformative'].get('val')}")
+    C.write_json(args.json, {"args": vars(args), "table": table, "std": spread, "runs": runs, "ids": ids,
+                             "machine": C.machine(), "load": [load0, C.loadavg()]})
 
 
 if __name__ == "__main__":

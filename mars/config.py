@@ -22,6 +22,7 @@ def _choice(group: str, key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{group}.{key}={value!r} is not one of {list(allowed)}")
 
 
+TRUNCATIONS = ("keep_end", "keep_start")  # which end of a too-long response stays
 CANDIDATE_SOURCES = ("alpacaeval_bon", "rewardbench2", "candidates")  # N candidates a prompt, not pairs
 
 
@@ -71,6 +72,12 @@ class DataConfig:
     # batches filled up to `max_tokens_per_batch` tokens (both sides of a pair stay together)
     # instead of `batch_size` pairs; the prediction pass and eval.py pack the same way.
     packing: bool = False
+    # Decoders: each pair one sequence prefix · chosen · rejected, the tokens both sides share (the
+    # prompt) computed once; packed batches of `max_tokens_per_batch` as above, whatever `packing`
+    prefix_sharing: bool = False
+    # Both of the above on an architecture mars has not checked them on (mars.model.backbone
+    # PACKING_VERIFIED): at your own risk, with a warning
+    allow_unverified_packing: bool = False
     max_tokens_per_batch: int = 4096
     num_workers: int = 0
     limit: Optional[int] = None  # best-of-N sets: the first K prompts only (smoke runs)
@@ -93,6 +100,9 @@ class BackboneConfig:
     tokenizer: Optional[str] = None  # defaults to name_or_path
     max_length: int = 256  # tokens per prompt+response sequence, special tokens included
     min_prompt_tokens: int = 32  # prompt tokens kept before the response is cut (see truncation)
+    # Which end of a too-long response stays: keep_end (where a decoder reads the reward) or
+    # keep_start (pairs whose answers differ in their opening)
+    truncation: str = "keep_end"
     random_init: bool = False
     config_overrides: dict[str, Any] = field(default_factory=dict)
     chat_template: str = "auto"  # auto: use the tokenizer's chat template where it has one | never
@@ -114,6 +124,7 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         _choice("backbone", "chat_template", self.chat_template, ("auto", "never"))
         _choice("backbone", "kind", self.kind, ("auto", "encoder", "decoder"))
+        _choice("backbone", "truncation", self.truncation, TRUNCATIONS)
         if self.train_layers is not None:
             raise ConfigError(f"backbone.train_layers={self.train_layers} is gone: what trains is the finetune group: "
                              "finetune=full (was -1), finetune=head (was 0), finetune=top_layers finetune.layers=k "
@@ -196,12 +207,36 @@ class LoopConfig:
         return self.budget
 
 
-SCHEMAS = {"data": DataConfig, "backbone": BackboneConfig, "finetune": FinetuneConfig, "optim": OptimConfig, "loss": LossConfig, "loop": LoopConfig}
+@dataclass
+class ProgressConfig:
+    """How a fit shows its progress (mars/lightning/progress.py). Lightning's bar redraws a terminal
+    line; in a file (nohup, SLURM, `> train.log`) it writes nothing until the fit ends (Rich's bar)
+    or carriage-return redraws (tqdm's).
+
+    `mode`: auto (the bar where stderr is a terminal, log lines otherwise) | bar | log. A line comes
+    every `every_n_steps` training batches or `every_seconds` seconds, whichever is first (null:
+    that trigger off), and at each epoch's last batch.
+    """
+
+    mode: str = "auto"
+    every_n_steps: Optional[int] = 100
+    every_seconds: Optional[float] = 60.0
+
+    def __post_init__(self) -> None:
+        _choice("progress", "mode", self.mode, ("auto", "bar", "log"))
+        for key in ("every_n_steps", "every_seconds"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"progress.{key}={getattr(self, key)}: use a positive number or null")
+
+
+SCHEMAS = {"data": DataConfig, "backbone": BackboneConfig, "finetune": FinetuneConfig, "optim": OptimConfig,
+           "loss": LossConfig, "loop": LoopConfig,
+           "progress": ProgressConfig}
 
 
 def register_schemas() -> None:
     """`<group>/schema` for every typed group: the group files of data, backbone and finetune
-    start from it, and train.yaml takes optim, loss and loop from it whole, so each default is
+    start from it, and train.yaml takes optim, loss, loop and progress from it whole, so each default is
     written once, here, and composed groups reject unknown keys while composing."""
     from hydra.core.config_store import ConfigStore
 
@@ -230,5 +265,6 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
 
 
 __all__ = [
-    "ConfigError", "FieldNames", "DataConfig", "BackboneConfig", "FinetuneConfig", "OptimConfig", "LossConfig", "LoopConfig", "typed", "validate",
+    "ConfigError", "FieldNames", "DataConfig", "BackboneConfig", "FinetuneConfig", "OptimConfig", "LossConfig",
+    "LoopConfig", "ProgressConfig", "typed", "validate",
 ]

@@ -48,6 +48,6 @@ def score(module, pairs, batch_size: int = 16):
     from mars.model.scoring import Scorer
 
     cfg = module.backbone_cfg
-    formatter = PairFormatter(module.tokenizer, cfg.max_length, cfg.min_prompt_tokens)
+    formatter = PairFormatter.of(module.tokenizer, cfg)
     scores = Scorer(formatter, module.tokenizer.pad_token_id, module.model, batch_size).pairs(pairs)
     return scores.r_chosen, scores.r_rejected, formatter.truncated

@@ -26,7 +26,7 @@ def test_every_member_composes_and_validates(group, member, tmp_path):
         with open_dict(cfg):
             cfg.data.path = "pairs.jsonl"
     typed = validate(cfg)
-    assert set(typed) == {"data", "backbone", "finetune", "optim", "loss", "loop"}
+    assert set(typed) == {"data", "backbone", "finetune", "optim", "loss", "loop", "progress"}
 
 
 @pytest.mark.parametrize("group", ["allocator", "trainer", "callbacks"])

@@ -73,7 +73,7 @@ def test_export_loads_with_transformers(module, export):
 
 def forward_one_by_one(module, pairs):
     """Each pair alone, no batching or padding: the reference the batched scorer must match."""
-    enc = PairFormatter(module.tokenizer, module.backbone_cfg.max_length, module.backbone_cfg.min_prompt_tokens)
+    enc = PairFormatter.of(module.tokenizer, module.backbone_cfg)
     collate = Collator(module.tokenizer.pad_token_id)
     with torch.no_grad():
         rewards = [module.pair_rewards(collate([e])) for e in enc.encode(pairs)]
@@ -239,6 +239,33 @@ def test_eval_script_end_to_end(export, tmp_path):
     overall = sum(g["acc"] * g["pairs"] for g in difficulty.values()) / 200
     assert overall == pytest.approx(metrics["acc"]["value"])
     assert "rewardbench" not in written and "section" not in written["groups"]
+    rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 200 and {r["model"] for r in rows} == {Path(export).parent.name}
+    assert np.mean([r["r_chosen"] > r["r_rejected"] for r in rows]) == pytest.approx(metrics["acc"]["value"])
+    assert np.mean([r["r_chosen"] - r["r_rejected"] for r in rows]) == pytest.approx(metrics["margin_mean"]["value"])
+
+
+def test_eval_leaves_uninformative_pairs_out_of_the_metrics(export, tmp_path):
+    """Pairs whose difference is cut at the export's 64 tokens: counted, flagged in scores.jsonl,
+    not in accuracy."""
+    from mars.cli.evaluate import evaluate
+
+    shared = " ".join(f"s{i}" for i in range(60))
+    rows = [{"prompt": f"q {i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(6)]
+    rows += [{"prompt": f"why {i}?", "chosen": f"Yes. {shared}", "rejected": f"No {i}. {shared}"} for i in range(3)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose_config("eval", [f"model={export}", "data=local", f"data.path={path}", "split=all", "bootstrap=10"],
+                         tmp_path)
+    (result,) = evaluate(cfg).values()
+    assert result["pairs"] == 9 and result["uninformative"] == 3 and result["truncated"] == 3
+    lines = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    flagged = [r for r in lines if r["uninformative"]]
+    assert len(flagged) == 3 and all(r["truncated_chosen"] and r["r_chosen"] == r["r_rejected"] for r in flagged)
+    counted = [r for r in lines if not r["uninformative"]]
+    assert result["metrics"]["acc"]["value"] == pytest.approx(np.mean([r["r_chosen"] > r["r_rejected"] for r in counted]))
+    assert result["uninformative_ids"] == [r["id"] for r in flagged]
+    assert "| 9 | 3 | 3 |" in (tmp_path / "report.md").read_text()
 
 
 def test_report_side_by_side_with_rounds(export, tmp_path):

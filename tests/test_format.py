@@ -7,7 +7,7 @@ import random
 import pytest
 
 from mars.config import BackboneConfig
-from mars.data.format import PairFormatter, TemplateError, hh_messages
+from mars.data.format import PairFormatter, TemplateError, hh_messages, split_uninformative
 from mars.data.records import PreferencePair
 from mars.model.backbone import load_tokenizer
 
@@ -215,3 +215,29 @@ def test_memoisation_identical_ids_and_no_retokenising(tok):
     assert [(e.chosen, e.rejected) for e in first] == [(e.chosen, e.rejected) for e in again] \
         == [(e.chosen, e.rejected) for e in fresh]
     assert first[0].chosen == first[1].rejected  # the same text gives the same ids in either role
+
+
+def differ_early(shared_words: int) -> PreferencePair:
+    """Answers that differ only in their opening sentence, then one long shared text."""
+    shared = " " + words("s", shared_words)
+    return PreferencePair("early", "why?", "Because it is true." + shared, "Nobody knows." + shared)
+
+
+def test_truncation_that_cuts_the_difference_flags_the_pair_and_keep_start_keeps_it(tok):
+    cut = PairFormatter(tok, max_length=48, min_prompt_tokens=4)
+    [e] = cut.encode([differ_early(80)])
+    assert e.truncated == (True, True) and e.chosen == e.rejected and e.uninformative
+    assert split_uninformative([e]) == ([], [0])
+    start = PairFormatter(tok, max_length=48, min_prompt_tokens=4, truncation="keep_start")
+    [k] = start.encode([differ_early(80)])
+    assert k.truncated == (True, True) and not k.uninformative and len(k.chosen) == len(k.rejected) == 48
+    assert ids(tok, " because it is true")[0] in k.chosen and k.chosen[-1] == SEP  # the opening and [SEP] stay
+    [whole] = cut.encode([differ_early(10)])  # short enough: nothing cut, the pair counts
+    assert whole.truncated == (False, False) and not whole.uninformative
+
+
+def test_truncation_choice_is_checked():
+    from mars.config import ConfigError
+
+    with pytest.raises(ConfigError, match="backbone.truncation='middle'"):
+        BackboneConfig(truncation="middle")

@@ -1,6 +1,6 @@
 """FSDP2 on two CPU processes (trainer=fsdp_sim: ModelParallelStrategy + fully_shard, gloo), the
 code path of trainer=fsdp on GPUs: exact metrics, D^t exactness, the prediction pass under
-sharding, sharded checkpoints, resume and the export."""
+sharding, sharded checkpoints, resume and the export, with prefix-shared batches."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 DECODER = ["backbone=tiny_llama", "+backbone.config_overrides.initializer_range=0.3"]
 LOOP = ["allocator=mars", "augmenter=eda", "loop.budget=40", "loop.warmup_epochs=1", "trainer.max_epochs=3",
-        "callbacks=audit", "optim.lr=1e-3"]
+        "callbacks=audit", "optim.lr=1e-3", "data.prefix_sharing=true"]  # rounds and resume with shared prefixes
 
 
 def test_sharded_metrics_and_export_equal_single_process(tmp_path):
@@ -25,7 +25,8 @@ def test_sharded_metrics_and_export_equal_single_process(tmp_path):
 
     frozen = [*DECODER, "augmenter=none", "allocator=none", "optim.lr=0", "trainer.max_epochs=1", "export=true"]
     single = run_train(tmp_path / "single", "trainer=cpu", *frozen)
-    sharded = run_train(tmp_path / "fsdp", "trainer=fsdp_sim", *frozen)
+    # prefix-shared batches under the sharded model: the same exact metrics as unshared padded ones
+    sharded = run_train(tmp_path / "fsdp", "trainer=fsdp_sim", *frozen, "data.prefix_sharing=true")
     for key in ("val/acc", "val/auc", "test/acc", "test/auc", "test/ece"):
         assert sharded[key] == pytest.approx(single[key], abs=1e-6), key
     for key in ("val/margin_mean", "val/snr", "test/margin_mean", "test/reward_std"):

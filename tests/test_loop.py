@@ -102,6 +102,22 @@ def test_synthetic_pairs_keep_their_labels_and_sources():
     assert all(counts[i] == b for i, b in enumerate(loop.history[-1]["allocation"]) if b)
 
 
+def test_pairs_truncation_made_uninformative_draw_no_budget():
+    """Their Δ is 0 by construction: to MARS they would look like the hardest pairs."""
+    class Truncating(FixedScorer):
+        def pairs(self, pairs, features=False):
+            scores = super().pairs(pairs, features)
+            scores.uninformative = np.arange(len(pairs)) < 3 if "~" not in pairs[0].id else scores.uninformative
+            scores.margins[scores.uninformative] = 0.0
+            return scores
+
+    loop = make_loop(MarsAllocator(2.0))
+    report = run_round(loop, 0, Truncating(np.linspace(1, 3, 20)))
+    allocation = np.array(loop.history[-1]["allocation"])
+    assert allocation[:3].sum() == 0 and allocation.sum() == 30 and report["base_uninformative"] == 3
+    assert allocation[3] == allocation.max()  # the smallest real margin takes the most
+
+
 def test_mars_puts_budget_on_small_margins_and_signed_on_misranked():
     margins = np.linspace(-3, 3, 20)
     abs_loop, signed_loop = make_loop(MarsAllocator(2.0, "abs")), make_loop(MarsAllocator(2.0, "signed"))

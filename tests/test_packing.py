@@ -29,16 +29,30 @@ def build(name: str, tmp_path, *overrides: str) -> RewardModule:
     return module.eval()
 
 
+# Every architecture of PACKING_VERIFIED, as a tiny random model ("tiny": BERT, as MiniLM)
+VERIFIED = {"tiny": [], "tiny_llama": [], "tiny_qwen2": [],
+            "tiny_qwen3": ["backbone=tiny_qwen2", "backbone.model_type=qwen3", "+backbone.config_overrides.head_dim=16"]}
+
+
+def test_every_verified_architecture_is_checked_here():
+    from mars.model.backbone import PACKING_VERIFIED
+
+    types = {"tiny": "bert", "tiny_llama": "llama", "tiny_qwen2": "qwen2", "tiny_qwen3": "qwen3"}
+    assert sorted(types[k] for k in VERIFIED) == sorted(PACKING_VERIFIED)
+
+
 @pytest.mark.parametrize("attention", ["default", "eager"])
-@pytest.mark.parametrize("name", ["tiny", "tiny_llama", "tiny_qwen2"])
+@pytest.mark.parametrize("name", sorted(VERIFIED))
 def test_packed_scores_equal_padded_scores(name, attention, tmp_path, monkeypatch):
-    module = build(name, tmp_path, *([] if attention == "default" else [f"backbone.attn_implementation={attention}"]))
+    backbone = VERIFIED[name] or [f"backbone={name}"]
+    module = build(backbone[0].split("=")[1], tmp_path, *backbone[1:],
+                   *([] if attention == "default" else [f"backbone.attn_implementation={attention}"]))
     if attention == "default":  # SDPA per sequence, never the T × T block mask of the whole pack
         assert module.model.net.config._attn_implementation == VARLEN_SDPA
         monkeypatch.setattr("mars.model.reward_model.block_mask", None)
     pairs = demo_splits(40, 10, 30, seed=0)["test"]
     cfg = module.backbone_cfg
-    scorer = lambda **kw: Scorer(PairFormatter(module.tokenizer, cfg.max_length, cfg.min_prompt_tokens),  # noqa: E731
+    scorer = lambda **kw: Scorer(PairFormatter.of(module.tokenizer, cfg),  # noqa: E731
                                  module.tokenizer.pad_token_id, module, 8, **kw)
     padded = scorer().pairs(pairs, features=True)
     packed = scorer(packing=True, max_tokens=300).pairs(pairs, features=True)
@@ -101,3 +115,16 @@ def test_eval_packing_from_the_command_line(tmp_path):
 def test_an_unknown_attention_implementation_names_the_setting(tmp_path):
     with pytest.raises(ValueError, match="backbone.attn_implementation=flash_atention_2"):
         build("tiny_llama", tmp_path, "backbone.attn_implementation=flash_atention_2")
+
+
+def test_packing_is_refused_for_an_unverified_architecture(tmp_path, caplog):
+    """RoBERTa numbers positions from its padding index: not made exact by restarting position ids."""
+    from mars.config import ConfigError
+
+    roberta = TINY + ["backbone.model_type=roberta", "+backbone.config_overrides.vocab_size=30522",
+                      "data.packing=true", "trainer.max_epochs=1", "export=false"]
+    with pytest.raises(ConfigError, match="roberta the rewards of padded ones.*data.allow_unverified_packing=true"):
+        train(compose_config("train", roberta, tmp_path))
+    metrics, _ = train(compose_config("train", roberta + ["data.allow_unverified_packing=true"], tmp_path))
+    assert "roberta, an architecture whose packed rewards mars has not checked" in caplog.text
+    assert metrics["test/acc"] == metrics["test/acc"]

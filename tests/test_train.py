@@ -214,3 +214,36 @@ def test_best_of_n_without_the_test_is_a_clear_error(tiny_cfg, tmp_path):
         tiny_cfg.test, tiny_cfg.best_of_n = False, str(tmp_path / "bon.jsonl")
     with pytest.raises(ValueError, match="best_of_n.*test=true"):
         train(tiny_cfg)
+
+
+def test_pairs_truncation_makes_identical_are_counted_named_and_left_out(tmp_path, caplog):
+    """Answers that differ only in their opening, then a long shared text, cut to 64 tokens from
+    the left: both sides the same ids. Not in the loss, the test metrics or test_scores.json, but
+    named in the log, test_scores.json and mars_export.json."""
+    shared = " ".join(f"s{i}" for i in range(60))
+
+    def write(name: str, n: int, early: int) -> str:
+        rows = [{"prompt": f"{name} question {i}?", "chosen": f"a good {name} answer {i}", "rejected": f"poor {name} {i}"}
+                for i in range(n)]
+        rows += [{"prompt": f"why {name} {i}?", "chosen": f"Because it is true. {shared}",
+                  "rejected": f"No idea {name} {i}. {shared}"} for i in range(early)]
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(path)
+
+    cfg = compose_config("train", TINY + ["data=local", f"data.path={write('train', 40, 2)}",
+                                          f"data.val_path={write('val', 8, 0)}", f"data.test_path={write('test', 8, 4)}",
+                                          "data.train_size=42", "data.val_size=8", "data.test_size=12",
+                                          "trainer.max_epochs=1"], tmp_path)
+    metrics, objects = train(cfg)
+    dm = objects["datamodule"]
+    assert {k: len(v) for k, v in dm.uninformative.items()} == {"train": 2, "val": 0, "test": 4}
+    dump = json.loads((tmp_path / "test_scores.json").read_text())
+    assert len(dump["ids"]) == 8 and len(dump["uninformative"]) == 4 and not set(dump["ids"]) & set(dump["uninformative"])
+    acc = np.mean(np.array(dump["r_chosen"]) > np.array(dump["r_rejected"]))
+    assert metrics["test/acc"] == pytest.approx(acc, abs=1e-6)  # over the 8 that count, from the test pass itself
+    assert objects["trainer"].global_step == 5  # 40 of 42 training pairs in batches of 8
+    export = json.loads((tmp_path / "export" / "mars_export.json").read_text())
+    assert export["uninformative"] == {"train": 2, "val": 0, "test": 4} and export["response_truncation"] == "keep_end"
+    assert "test: 4 of 12 pairs are the same token ids on both sides" in caplog.text
+    assert dump["uninformative"][0] in caplog.text and "backbone.truncation=keep_start" in caplog.text

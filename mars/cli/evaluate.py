@@ -36,28 +36,45 @@ from mars.evaluation.models import CandidateRewards, load_scorer, resolve_model
 from mars.evaluation.pairwise import bootstrap, by_group, format_table
 from mars.evaluation.rewardbench import rewardbench2_scores, rewardbench_scores, subset_accuracy
 from mars.evaluation.plots import best_of_n_plots, eval_plots
-from mars.model.scoring import Scorer
+from mars.model.scoring import Scorer, Scores
 
 log = logging.getLogger("mars.eval")
 
 
 def scorer_for(cfg: DictConfig, model: str) -> Scorer:
     data = typed(cfg, "data")
-    return load_scorer(model, cfg.get("max_length"), data.eval_batch_size, data.packing, data.max_tokens_per_batch)
+    return load_scorer(model, cfg.get("max_length"), data.eval_batch_size, data.packing, data.max_tokens_per_batch,
+                       data.prefix_sharing, data.allow_unverified_packing)
 
 
-def evaluate_one(cfg: DictConfig, model: str, pairs) -> tuple[dict, np.ndarray]:
+def evaluate_one(cfg: DictConfig, model: str, pairs) -> tuple[dict, np.ndarray, Scores]:
+    """A model's report on pairs; its margins over the pairs it could score; every pair's scores.
+    Pairs that truncation made uninformative (both sides the same ids) are counted apart and are
+    not in accuracy or any other metric."""
     scorer = scorer_for(cfg, model)
     scores = scorer.pairs(pairs)
-    r_chosen, r_rejected = scores.r_chosen, scores.r_rejected
+    keep = np.flatnonzero(~scores.uninformative)
+    kept = [pairs[i] for i in keep]
+    r_chosen, r_rejected = scores.r_chosen[keep], scores.r_rejected[keep]
     result = {"model": model, "pairs": len(pairs), "truncated": scorer.formatter.truncated,
+              "uninformative": len(pairs) - len(keep),
+              "uninformative_ids": [p.id for p, u in zip(pairs, scores.uninformative) if u][:10],
               "metrics": bootstrap(r_chosen, r_rejected, cfg.bootstrap, cfg.ci, cfg.seed),
-              "groups": {k: g for k in cfg.group_by if (g := by_group(pairs, r_chosen, r_rejected, k))}}
+              "groups": {k: g for k in cfg.group_by if (g := by_group(kept, r_chosen, r_rejected, k))}}
     if pairs and all("subset" in p.meta and p.source == "rewardbench" for p in pairs):
-        # The leaderboard's score: sections are the example-count-weighted means of their subsets
+        # The leaderboard's score, on every pair as the leaderboard counts them (a tie is wrong):
+        # sections are the example-count-weighted means of their subsets
         result["rewardbench"] = rewardbench_scores(subset_accuracy([p.meta["subset"] for p in pairs],
-                                                                   r_chosen, r_rejected))
-    return result, r_chosen - r_rejected
+                                                                   scores.r_chosen, scores.r_rejected))
+    return result, r_chosen - r_rejected, scores
+
+
+def score_rows(name: str, pairs, scores: Scores) -> list[dict]:
+    """scores.jsonl's lines of one model: each pair's rewards, which sides were cut, whether it counted."""
+    return [{"model": name, "id": p.id, "r_chosen": float(c), "r_rejected": float(r), "truncated_chosen": bool(tc),
+             "truncated_rejected": bool(tr), "uninformative": bool(u)}
+            for p, c, r, (tc, tr), u in zip(pairs, scores.r_chosen, scores.r_rejected, scores.truncated,
+                                             scores.uninformative)]
 
 
 def judged_sets(cfg: DictConfig, data, out: Path) -> tuple[list, dict]:
@@ -102,13 +119,17 @@ def evaluate_sets(cfg: DictConfig, data, model: str, sets, rewards_of: Candidate
 
 
 def markdown(results: dict[str, dict], data: str, split: str, ci: float) -> str:
-    lines = [f"# Evaluation on {data} [{split}]", "", f"Intervals: {int(ci * 100)}% bootstrap over pairs.", "",
-             "| model | pairs | truncated | accuracy | ties | SNR | ROC-AUC | ECE | margin mean |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"# Evaluation on {data} [{split}]", "",
+             f"Intervals: {int(ci * 100)}% bootstrap over pairs. Uninformative: pairs whose two "
+             "sides are the same tokens after truncation, left out of every metric; per-pair rewards in scores.jsonl.",
+             "",
+             "| model | pairs | truncated | uninformative | accuracy | ties | SNR | ROC-AUC | ECE | margin mean |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         m = r["metrics"]
         cell = lambda k: f"{m[k]['value']:.3f} [{m[k]['lo']:.3f}, {m[k]['hi']:.3f}]"  # noqa: E731
-        lines.append(f"| {name} | {r['pairs']} | {r['truncated']} | {cell('acc')} | {m['ties']['value']:.3f} | "
+        lines.append(f"| {name} | {r['pairs']} | {r['truncated']} | {r['uninformative']} | {cell('acc')} | "
+                     f"{m['ties']['value']:.3f} | "
                      f"{cell('snr')} | {cell('auc')} | {cell('ece')} | {m['margin_mean']['value']:.3f} |")
     for key in sorted({k for r in results.values() for k in r["groups"]}):
         groups = sorted({g for r in results.values() for g in r["groups"].get(key, {})})
@@ -173,12 +194,17 @@ def evaluate(cfg: DictConfig) -> dict:
         best_of_n_plots({n: r["best_of_n"] for n, r in results.items() if "best_of_n" in r}, out)
     else:
         pairs = load_pool(data) if cfg.split == "all" else load_splits(data)[cfg.split]
-        for path in models:
-            name = model_name(path)
-            target, rounds[name] = resolve_model(path)
-            results[name], margins[name] = evaluate_one(cfg, target, pairs)
-            print(f"{name} on {where} [{cfg.split}]: {len(pairs)} pairs, {results[name]['truncated']} truncated")
-            print(format_table(results[name]["metrics"], cfg.ci))
+        with open(out / "scores.jsonl", "w") as f:
+            for path in models:
+                name = model_name(path)
+                target, rounds[name] = resolve_model(path)
+                results[name], margins[name], scores = evaluate_one(cfg, target, pairs)
+                f.writelines(json.dumps(row) + "\n" for row in score_rows(name, pairs, scores))
+                r = results[name]
+                print(f"{name} on {where} [{cfg.split}]: {len(pairs)} pairs, {r['truncated']} truncated, "
+                      f"{r['uninformative']} uninformative after truncation (not in the metrics"
+                      + (f", e.g. {', '.join(r['uninformative_ids'][:3])})" if r["uninformative"] else ")"))
+                print(format_table(r["metrics"], cfg.ci))
         report = markdown(results, where, cfg.split, cfg.ci)
         (out / "eval.json").write_text(json.dumps({"split": cfg.split, "ci": cfg.ci, "models": results}, indent=2))
         eval_plots(results, margins, rounds, out)

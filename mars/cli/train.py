@@ -24,10 +24,11 @@ from mars.evaluation.best_of_n import format_best_of_n, score_best_of_n
 from mars.lightning.callbacks import FitGuard, RunSummary
 from mars.lightning.datamodule import PreferenceDataModule
 from mars.lightning.module import RewardModule
+from mars.lightning.progress import progress_reporting
 from mars.lightning.rounds import RoundReporter
 from mars.lightning.strategy import full_module, load_best, strategy_scorer
 from mars.method.loop import MarsLoop
-from mars.model.backbone import load_tokenizer
+from mars.model.backbone import check_packing, load_tokenizer, model_config
 from mars.model.export import export_reward_model
 
 log = logging.getLogger("mars.train")
@@ -47,6 +48,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     return result
 
 
+def write_test_scores(path: str, datamodule: PreferenceDataModule, rewards) -> None:
+    """The test pass's rewards per pair id; the pairs truncation made uninformative listed apart."""
+    pairs = datamodule.splits["test"]
+    index, r_chosen, r_rejected = rewards
+    with open(path, "w") as f:
+        json.dump({"ids": [pairs[i].id for i in index], "r_chosen": r_chosen.tolist(),
+                   "r_rejected": r_rejected.tolist(), "uninformative": datamodule.uninformative.get("test", [])}, f)
+
+
 def run(cfg: DictConfig, loggers: list) -> tuple[dict[str, float], dict]:
     """`train` with its loggers built."""
     typed = validate(cfg)
@@ -55,14 +65,19 @@ def run(cfg: DictConfig, loggers: list) -> tuple[dict[str, float], dict]:
     L.seed_everything(cfg.seed, workers=True)
     backbone, data = typed["backbone"], typed["data"]
     tokenizer = load_tokenizer(backbone)  # one tokenizer for the data and the model
-    formatter = PairFormatter(tokenizer, backbone.max_length, backbone.min_prompt_tokens)
+    formatter = PairFormatter.of(tokenizer, backbone)
+    if data.packing or data.prefix_sharing:  # before any model is built or data loaded
+        check_packing(model_config(backbone, tokenizer).model_type, data.allow_unverified_packing)
     digest, summary = config_digest(cfg), RunSummary()
     loop = MarsLoop(typed["loop"], hydra.utils.instantiate(cfg.allocator), hydra.utils.instantiate(cfg.augmenter),
                     seed=cfg.seed)
     datamodule = PreferenceDataModule(data, formatter, loop, cfg.seed)
     rounds = RoundReporter(loop, formatter, data, cfg.paths.output_dir)  # first: a round is written before a crash
     callbacks = [rounds] + instantiate_group(cfg.get("callbacks")) + [FitGuard(digest), summary]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    # Not on a terminal (nohup, SLURM, `> train.log`): log lines instead of Lightning's bar
+    progress, bar = progress_reporting(typed["progress"], callbacks, cfg.trainer.get("enable_progress_bar", True))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks + progress,
+                                                 enable_progress_bar=bar)
     model = RewardModule(backbone, typed["finetune"], typed["optim"], typed["loss"], cfg.seed, tokenizer,
                          feature_cache=os.path.join(cfg.paths.cache_dir, "features"),
                          epoch_batches=datamodule.train_batches)
@@ -84,15 +99,10 @@ def run(cfg: DictConfig, loggers: list) -> tuple[dict[str, float], dict]:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False,
                      verbose=False)  # the summary below has the test metrics that matter
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        pairs = datamodule.splits["test"]
-        scorer = strategy_scorer(trainer, formatter, data)
-        scores = scorer.pairs(pairs)  # per-pair rewards: paired comparisons and bootstrap across runs
-        if trainer.is_global_zero:
-            with open(os.path.join(cfg.paths.output_dir, "test_scores.json"), "w") as f:
-                json.dump({"ids": [p.id for p in pairs], "r_chosen": scores.r_chosen.tolist(),
-                           "r_rejected": scores.r_rejected.tolist()}, f)
+        if trainer.is_global_zero:  # per-pair rewards: paired comparisons and bootstrap across runs
+            write_test_scores(os.path.join(cfg.paths.output_dir, "test_scores.json"), datamodule, model.test_rewards)
         if cfg.get("best_of_n"):
-            result = score_best_of_n(scorer, cfg.best_of_n, cfg.seed)
+            result = score_best_of_n(strategy_scorer(trainer, formatter, data), cfg.best_of_n, cfg.seed)
             model.keep_features()
             metrics["best_of_n/win_rate"] = result["win_rate"]["value"]
             if trainer.is_global_zero:
@@ -106,7 +116,8 @@ def run(cfg: DictConfig, loggers: list) -> tuple[dict[str, float], dict]:
     if cfg.get("export") and trainer.is_global_zero:
         export_reward_model(exportable, os.path.join(cfg.paths.output_dir, "export"),
                             {"checkpoint": os.path.relpath(best, cfg.paths.output_dir) if best else None,
-                             "metrics": metrics, "truncated": datamodule.truncated},
+                             "metrics": metrics, "truncated": datamodule.truncated,
+                             "uninformative": {k: len(v) for k, v in datamodule.uninformative.items()}},
                             adapter=typed["finetune"].export_adapter)
     if trainer.is_global_zero:
         os.makedirs(cfg.paths.output_dir, exist_ok=True)  # outside Hydra nothing else may have made it

@@ -40,6 +40,15 @@ def sequences(item: EncodedPair | EncodedRow) -> tuple[list[int], ...]:
     return (item.ids,) if isinstance(item, EncodedRow) else (item.chosen, item.rejected)
 
 
+def with_items(batch: dict[str, torch.Tensor], items) -> dict[str, torch.Tensor]:
+    """`index`: each item's place in its set; `margin`: each pair's own target margin (NaN where
+    it has none), for the loss."""
+    batch["index"] = torch.tensor([item.index for item in items], dtype=torch.long)
+    if any(item.margin is not None for item in items):
+        batch["margin"] = torch.tensor([math.nan if item.margin is None else item.margin for item in items])
+    return batch
+
+
 @dataclass
 class Collator:
     """Stack the items' sequences column by column (pairs: chosen rows, then rejected), pad once.
@@ -63,11 +72,8 @@ class Collator:
         for i, row in enumerate(rows):
             input_ids[i, : len(row)] = torch.tensor(row)
             attention_mask[i, : len(row)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
-                 "index": torch.tensor([item.index for item in items], dtype=torch.long)}
-        if any(item.margin is not None for item in items):
-            batch["margin"] = torch.tensor([math.nan if item.margin is None else item.margin for item in items])
-        return batch
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return with_items(batch, items)
 
 
 @dataclass
@@ -83,11 +89,48 @@ class PackedCollator:
         rows = [seq for column in zip(*map(sequences, items)) for seq in column]
         batch = {"input_ids": torch.tensor([[t for row in rows for t in row]], dtype=torch.long),
                  "position_ids": torch.tensor([[i for row in rows for i in range(len(row))]], dtype=torch.long),
-                 "seq_lengths": torch.tensor([len(row) for row in rows], dtype=torch.long),
-                 "index": torch.tensor([item.index for item in items], dtype=torch.long)}
-        if any(item.margin is not None for item in items):
-            batch["margin"] = torch.tensor([math.nan if item.margin is None else item.margin for item in items])
-        return batch
+                 "seq_lengths": torch.tensor([len(row) for row in rows], dtype=torch.long)}
+        return with_items(batch, items)
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two sequences, leaving each at least its last token (where
+    a decoder reads the reward)."""
+    n, k = min(len(a), len(b)) - 1, 0
+    while k < n and a[k] == b[k]:
+        k += 1
+    return k
+
+
+def pair_tokens(e: EncodedPair, prefix_sharing: bool) -> int:
+    """Tokens a pair takes in a packed batch: its common prefix once under prefix sharing."""
+    return len(e.chosen) + len(e.rejected) - (shared_prefix(e.chosen, e.rejected) if prefix_sharing else 0)
+
+
+@dataclass
+class PrefixSharedCollator:
+    """Every pair as one sequence prefix · chosen · rejected in one row (`data.prefix_sharing`):
+    the tokens both sides share (the prompt, for a decoder the same computation twice) once.
+    Position ids of the rejected part continue from the prefix, as if it followed it alone;
+    `segments` holds (prefix, chosen part, rejected part) lengths per pair, from which attention
+    keeps the two parts apart (mars.model.attention) and the rewards are read at each part's end.
+
+    >>> b = PrefixSharedCollator()([EncodedPair(7, [1, 2, 3], [1, 2, 4, 5])])
+    >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["segments"].tolist()
+    ([[1, 2, 3, 4, 5]], [[0, 1, 2, 2, 3]], [[2, 1, 2]])
+    """
+
+    def __call__(self, items: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
+        ids, positions, segments = [], [], []
+        for e in items:
+            p = shared_prefix(e.chosen, e.rejected)
+            ids += e.chosen + e.rejected[p:]
+            positions += list(range(len(e.chosen))) + list(range(p, len(e.rejected)))
+            segments.append((p, len(e.chosen) - p, len(e.rejected) - p))
+        batch = {"input_ids": torch.tensor([ids], dtype=torch.long),
+                 "position_ids": torch.tensor([positions], dtype=torch.long),
+                 "segments": torch.tensor(segments, dtype=torch.long)}
+        return with_items(batch, items)
 
 
 class TokenBudgetSampler(torch.utils.data.Sampler[list[int]]):

@@ -13,8 +13,11 @@ already renders them (no doubled BOS).
 
 Truncation rule: when a sequence exceeds `max_length`, the prompt is cut from the left first (its
 latest turn, next to the response, stays) down to `min_prompt_tokens`; if that is not enough, the
-response is cut from the left so that its end (where a decoder reads the reward) stays. Pairs are
-never dropped; every truncated pair is counted.
+response is cut: from the left by default, so that its end (where a decoder reads the reward)
+stays (`truncation="keep_end"`), or from the right (`"keep_start"`, for pairs that differ early).
+Pairs are never dropped; every truncated pair is counted. A pair whose two sides are the same ids
+after truncation (what told them apart was cut) carries no preference: it is flagged
+`uninformative`, counted and named, and kept out of the loss and of accuracy.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from mars.config import TRUNCATIONS
 from mars.data.records import PreferencePair
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -45,17 +49,28 @@ def hh_messages(prompt: str) -> list[dict[str, str]]:
 
 @dataclass
 class EncodedPair:
-    """Token ids of one pair, special tokens included; `index` is the pair's place in its set and
-    `margin` its own target margin (None: the loss config's)."""
+    """Token ids of one pair, special tokens included; `index` is the pair's place in its set,
+    `margin` its own target margin (None: the loss config's), `truncated` per side."""
 
     index: int
     chosen: list[int]
     rejected: list[int]
     margin: Optional[float] = None
+    truncated: tuple[bool, bool] = (False, False)
 
     @property
     def length(self) -> int:
         return max(len(self.chosen), len(self.rejected))
+
+    @property
+    def uninformative(self) -> bool:
+        """Both sides the same ids: the loss is log 2 whatever the model does, Δ is 0 by construction."""
+        return self.chosen == self.rejected
+
+
+def split_uninformative(encoded: list[EncodedPair]) -> tuple[list[EncodedPair], list[int]]:
+    """(the pairs a loss or an accuracy can use, the indices of those it cannot)."""
+    return [e for e in encoded if not e.uninformative], [e.index for e in encoded if e.uninformative]
 
 
 class TemplateError(ValueError):
@@ -69,10 +84,18 @@ class PairFormatter:
     tokenizer: object
     max_length: int
     min_prompt_tokens: int = 32
+    truncation: str = "keep_end"  # which end of a too-long response stays
     truncated: int = 0  # pairs with at least one side truncated, since creation
     _memo: dict[tuple[str, str], tuple[list[int], list[int]]] = field(default_factory=dict, repr=False)
 
+    @classmethod
+    def of(cls, tokenizer, backbone) -> "PairFormatter":
+        """The formatter a backbone config (or an export's) asks for."""
+        return cls(tokenizer, backbone.max_length, backbone.min_prompt_tokens, backbone.truncation)
+
     def __post_init__(self) -> None:
+        if self.truncation not in TRUNCATIONS:
+            raise ValueError(f"truncation={self.truncation!r}: use one of {', '.join(TRUNCATIONS)}")
         probe = self.tokenizer("x", add_special_tokens=True)["input_ids"]
         bare = self.tokenizer("x", add_special_tokens=False)["input_ids"]
         start = next(i for i in range(len(probe)) if probe[i:i + len(bare)] == bare)
@@ -118,7 +141,10 @@ class PairFormatter:
         if over <= 0:
             return prefix + prompt + response + suffix, False
         keep_prompt = min(budget, max(len(prompt) - over, min(len(prompt), self.min_prompt_tokens)))
-        prompt, response = prompt[len(prompt) - keep_prompt:], response[len(response) - (budget - keep_prompt):]
+        keep_response = budget - keep_prompt
+        prompt = prompt[len(prompt) - keep_prompt:]
+        response = response[:keep_response] if self.truncation == "keep_start" else \
+            response[len(response) - keep_response:]
         return prefix + prompt + response + suffix, True
 
     def text_sequence(self, text: str) -> tuple[list[int], bool]:
@@ -138,5 +164,5 @@ class PairFormatter:
             r_ids, r_cut = self.sequence(p.prompt, p.rejected)
             self.truncated += c_cut or r_cut
             margin = p.meta.get("margin")
-            encoded.append(EncodedPair(i, c_ids, r_ids, None if margin is None else float(margin)))
+            encoded.append(EncodedPair(i, c_ids, r_ids, None if margin is None else float(margin), (c_cut, r_cut)))
         return encoded

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mars.data.format import PairFormatter
+from mars.model.backbone import check_packing
 from mars.model.export import load_for_eval
 from mars.model.scoring import Scorer
 
@@ -32,12 +33,14 @@ def resolve_model(path: str) -> tuple[str, list[dict]]:
 
 
 def load_scorer(model: str, max_length: Optional[int] = None, batch_size: int = 64, packing: bool = False,
-                max_tokens: int = 4096) -> Scorer:
+                max_tokens: int = 4096, prefix_sharing: bool = False, allow_unverified_packing: bool = False) -> Scorer:
     """The one scorer over a `.ckpt`, an export folder or a Hub name (its own max length unless given)."""
     loaded = load_for_eval(model, max_length)
+    if packing or prefix_sharing:
+        check_packing(loaded.model.config.model_type, allow_unverified_packing)
     bb = loaded.backbone_cfg
-    return Scorer(PairFormatter(loaded.tokenizer, bb.max_length, bb.min_prompt_tokens),
-                  loaded.tokenizer.pad_token_id, loaded.model, batch_size, packing=packing, max_tokens=max_tokens)
+    return Scorer(PairFormatter.of(loaded.tokenizer, bb), loaded.tokenizer.pad_token_id, loaded.model, batch_size,
+                  packing=packing, max_tokens=max_tokens, prefix_sharing=prefix_sharing)
 
 
 def trunk_digest(model) -> str:

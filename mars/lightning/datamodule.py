@@ -2,8 +2,10 @@
 
 Contract: `setup` loads and splits the data, hands the training split to the loop (which
 prepares D₀) and tokenises the held-out splits once; every training epoch's loader is built from
-the D^t the loop returns for that epoch. It runs no collectives and never calls the model: the
-loop does both, through the collaborators it was given.
+the D^t the loop returns for that epoch. Pairs that truncation made uninformative (both sides the
+same ids) are in no loader: they are counted and named per split (`uninformative`) instead. It
+runs no collectives and never calls the model: the loop does both, through the collaborators it
+was given.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from mars.config import DataConfig
-from mars.data.batch import Collator, PackedCollator, PairBatchSampler, TokenBudgetSampler
-from mars.data.format import PairFormatter
+from mars.data.batch import (Collator, PackedCollator, PairBatchSampler, PrefixSharedCollator, TokenBudgetSampler,
+                             pair_tokens)
+from mars.data.format import EncodedPair, PairFormatter, split_uninformative
 from mars.data.records import PreferencePair
 from mars.data.splits import load_splits
 from mars.method.loop import MarsLoop
@@ -29,9 +32,12 @@ class PreferenceDataModule(L.LightningDataModule):
         """`formatter`: pairs to token ids (its tokenizer is the model's); `loop`: the MARS rounds."""
         super().__init__()
         self.cfg, self.formatter, self.loop, self.seed = data, formatter, loop, seed
-        self.collator = PackedCollator() if data.packing else Collator(formatter.tokenizer.pad_token_id)
+        self.collator = PrefixSharedCollator() if data.prefix_sharing else PackedCollator() if data.packing else \
+            Collator(formatter.tokenizer.pad_token_id)
+        self.token_budget = data.packing or data.prefix_sharing
         self.splits: dict[str, list[PreferencePair]] = {}
         self.truncated: dict[str, int] = {}
+        self.uninformative: dict[str, list[str]] = {}  # ids per split (train: D₀, then each epoch's D^t)
         self.epoch_pairs: list[PreferencePair] = []  # D^t of the epoch being trained
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -42,11 +48,24 @@ class PreferenceDataModule(L.LightningDataModule):
         self.encoded = {}
         for name, pairs in (("train", base), ("val", self.splits["val"]), ("test", self.splits["test"])):
             before = self.formatter.truncated
-            self.encoded[name] = self.formatter.encode(pairs)
+            self.encoded[name] = self.usable(name, pairs, self.formatter.encode(pairs))
             self.truncated[name] = self.formatter.truncated - before
         log.info("pairs: train %d, val %d, test %d; truncated to %d tokens (counted, never dropped): %s",
                  len(base), len(self.splits["val"]), len(self.splits["test"]), self.formatter.max_length,
                  self.truncated)
+
+    def usable(self, split: str, pairs: list[PreferencePair], encoded: list[EncodedPair]) -> list[EncodedPair]:
+        """The encoded pairs a loss and an accuracy can use; the others counted and named."""
+        kept, left_out = split_uninformative(encoded)
+        self.uninformative[split] = [pairs[i].id for i in left_out]
+        if left_out:
+            other = "backbone.truncation=keep_start" if self.formatter.truncation == "keep_end" else \
+                "backbone.truncation=keep_end"
+            log.warning("%s: %d of %d pairs are the same token ids on both sides after truncation to %d tokens "
+                        "(what told them apart was cut); they are left out of the loss and of accuracy, e.g. %s. "
+                        "Keep them with a larger backbone.max_length or %s", split, len(left_out), len(pairs),
+                        self.formatter.max_length, ", ".join(self.uninformative[split][:3]), other)
+        return kept
 
     @property
     def _rank_world(self) -> tuple[int, int]:
@@ -54,8 +73,9 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _loader(self, encoded, batch_size: int, shuffle: bool, epoch: int = 0) -> DataLoader:
         rank, world = self._rank_world
-        if self.cfg.packing:
-            sampler = TokenBudgetSampler([len(e.chosen) + len(e.rejected) for e in encoded], self.cfg.max_tokens_per_batch,
+        if self.token_budget:
+            sampler = TokenBudgetSampler([pair_tokens(e, self.cfg.prefix_sharing) for e in encoded],
+                                         self.cfg.max_tokens_per_batch,
                                          shuffle=shuffle, seed=self.seed, epoch=epoch, rank=rank, world_size=world)
         else:
             sampler = PairBatchSampler([e.length for e in encoded], batch_size, shuffle=shuffle, seed=self.seed,
@@ -70,7 +90,8 @@ class PreferenceDataModule(L.LightningDataModule):
         # and draws its indices, so the epoch iterates exactly the D^t of its round.
         epoch = self.trainer.current_epoch if self.trainer else 0
         self.epoch_pairs = self.loop.next_training_set(epoch) if self.trainer else self.loop.training_set()
-        return self._loader(self.formatter.encode(self.epoch_pairs), self.cfg.batch_size, shuffle=True, epoch=epoch)
+        encoded = self.usable("train", self.epoch_pairs, self.formatter.encode(self.epoch_pairs))
+        return self._loader(encoded, self.cfg.batch_size, shuffle=True, epoch=epoch)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.encoded["val"], self.cfg.eval_batch_size, shuffle=False)
@@ -85,11 +106,12 @@ class PreferenceDataModule(L.LightningDataModule):
         delivered = {h["epoch"]: h["train_pairs"] for h in self.loop.history if "epoch" in h}
         if self.epoch_pairs and self.trainer:
             delivered[self.trainer.current_epoch] = len(self.epoch_pairs)
-        tokens = np.mean([len(e.chosen) + len(e.rejected) for e in self.encoded["train"]]) if self.cfg.packing else 0
+        tokens = np.mean([pair_tokens(e, self.cfg.prefix_sharing) for e in self.encoded["train"]]) \
+            if self.token_budget else 0
         batches = []
         for epoch in range(epochs):
             pairs = delivered.get(epoch, self.loop.planned_size(epoch))
-            if self.cfg.packing:
+            if self.token_budget:
                 batches.append(max(1, int(np.ceil(pairs * tokens / self.cfg.max_tokens_per_batch / world))))
             else:
                 batches.append(min(int(np.ceil(pairs / (self.cfg.batch_size * world))), pairs // world))

@@ -51,6 +51,7 @@ class RewardModule(L.LightningModule):
         # epoch and stay out: their state at a checkpoint is one rank's, mid-epoch.)
         self.val_acc_best.persistent(True)
         self.horizon_steps = 1
+        self.test_rewards: Optional[tuple[np.ndarray, ...]] = None  # (index, r⁺, r⁻) of the last test
 
     def configure_model(self) -> None:
         """Build the reward model (under the strategy's init context) and apply the finetune policy."""
@@ -103,7 +104,7 @@ class RewardModule(L.LightningModule):
     def _eval_step(self, stage: str, batch) -> None:
         r_chosen, r_rejected = self.pair_rewards(batch)
         loss = bradley_terry_loss(r_chosen, r_rejected, self.target_margin(batch))
-        self.metrics[f"{stage}_pairs"].update(r_chosen, r_rejected)
+        self.metrics[f"{stage}_pairs"].update(r_chosen, r_rejected, batch["index"])
         self.losses[f"{stage}_loss"].update(loss, r_chosen.numel())
 
     def validation_step(self, batch, batch_idx):
@@ -140,6 +141,8 @@ class RewardModule(L.LightningModule):
             self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
     def on_test_epoch_end(self) -> None:
+        # The test pass's own rewards, every rank's: test_scores.json needs no second pass.
+        self.test_rewards = tuple(t.cpu().numpy() for t in self.metrics["test_pairs"].rewards())
         self._log_stage("test")
         self.keep_features()
 

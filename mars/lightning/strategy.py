@@ -16,6 +16,7 @@ def strategy_scorer(trainer: L.Trainer, formatter: PairFormatter, data: DataConf
     runs the same forward passes) on the strategy's device; train/eval mode is the module's."""
     return Scorer(formatter, formatter.tokenizer.pad_token_id, trainer.strategy.model, data.eval_batch_size,
                   packing=data.packing, max_tokens=data.max_tokens_per_batch, dist=LOCAL,
+                  prefix_sharing=data.prefix_sharing,
                   device=trainer.strategy.root_device, module=trainer.lightning_module)
 
 

@@ -121,7 +121,7 @@ class MarsLoop:
         started, rng = time.perf_counter(), np.random.default_rng([self.seed, t])
         scores = self.scorer.pairs(self.base, features=True)                           # prediction pass
         scored = time.perf_counter()
-        budget = self.allocator.allocate(scores.margins, self.cfg.budget_for(t), rng)  # probabilities → budget
+        budget = self._allocate(scores, self.cfg.budget_for(t), rng)                    # probabilities → budget
         before = dict(self.augmenter.stats)
         new = self._synthesise(t, budget, rng)                                         # variants
         self.synthetic = (self.synthetic + new) if self.cfg.accumulate else new        # D^t
@@ -131,6 +131,16 @@ class MarsLoop:
         self.history.append({**report, **detail})
         # Timings for benchmarks, nested: the flat round/... metrics stay those of the method.
         return {**report, Key.SECONDS: {"prediction_pass": scored - started, "round": time.perf_counter() - started}}
+
+    def _allocate(self, scores, budget: int, rng: np.random.Generator) -> np.ndarray:
+        """b_i of every base pair; none for a pair truncation made uninformative (its Δ is 0 by
+        construction, not by the model: it would draw budget as the hardest pair, and so would
+        its variants)."""
+        keep = ~scores.uninformative
+        allocation = np.zeros(len(scores.margins), dtype=np.int64)
+        if keep.any():
+            allocation[keep] = self.allocator.allocate(scores.margins[keep], budget, rng)
+        return allocation
 
     def _requests(self, budget: np.ndarray) -> tuple[list[int], list[VariantRequest]]:
         """Variant requests of every pair with b_i > 0: chosen, rejected (and prompt) per pair."""

@@ -30,6 +30,7 @@ class Key:
     BUDGET_ON_FLIPPED = "budget_on_flipped_fraction"
     MISRANKED_FLIPPED = "misranked_among_flipped"
     MISRANKED_CLEAN = "misranked_among_clean"
+    UNINFORMATIVE = "base_uninformative"
     DIGEST = "digest"
     SECONDS = "seconds"
 
@@ -123,7 +124,7 @@ def round_report(t: int, epoch: int, base: list, new: list, synthetic: list, bud
     report = {Key.ROUND: t, Key.EPOCH: epoch, Key.WARMUP: False, Key.TRAIN_PAIRS: len(base) + len(synthetic),
               Key.SYNTHETIC_ADDED: len(new), "synthetic_total": len(synthetic),
               Key.BUDGET_ALLOCATED: int(budget.sum()), Key.SHORTFALL: int(budget.sum()) - len(new),
-              Key.SHORTFALL_PAIRS: int((added < budget).sum()),
+              Key.SHORTFALL_PAIRS: int((added < budget).sum()), Key.UNINFORMATIVE: int(scores.uninformative.sum()),
               **{f"augment_{k}": v for k, v in augment_stats.items()},
               **allocation_report(scores.margins, added, copies, scores.features, bins, dim)}
     noisy = np.array([bool(p.meta.get("noise", {}).get("selected")) for p in base])

@@ -13,7 +13,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
 from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                     MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
-from mars.config import BackboneConfig
+from mars.config import BackboneConfig, ConfigError
 from mars.generation.embedded import resolve
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,29 @@ def is_decoder(config) -> bool:
     """Decoder-only LMs (reward at the last real token) vs encoders (reward at the first token)."""
     return (config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
             and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+# Architectures whose packed and prefix-shared rewards are checked equal to padded ones
+# (tests/test_packing.py, tests/test_prefix_sharing.py). Position ids and per-sequence attention
+# are not enough for all: RoBERTa derives positions from the padding index, and linear-attention
+# layers (Qwen3-Next, Qwen3.5) carry state across the sequences of a packed row.
+PACKING_VERIFIED = ("bert", "llama", "qwen2", "qwen3")
+
+
+def check_packing(model_type: str, allow_unverified: bool = False) -> None:
+    """Packed batches only for an architecture checked to score them exactly (or when forced)."""
+    if model_type in PACKING_VERIFIED:
+        return
+    if allow_unverified:
+        log.warning("packed batches on %s, an architecture whose packed rewards mars has not checked against padded "
+                    "ones (data.allow_unverified_packing=true): compare a few rewards with data.packing=false",
+                    model_type)
+        return
+    raise ConfigError(f"data.packing / data.prefix_sharing: mars has not checked that packed batches give {model_type} "
+                      f"the rewards of padded ones (checked: {', '.join(PACKING_VERIFIED)}); position ids and "
+                      "per-sequence attention do not make every architecture exact (RoBERTa's positions, linear-"
+                      "attention layers). Use data.packing=false data.prefix_sharing=false, or force it unverified "
+                      "with data.allow_unverified_packing=true")
 
 
 def model_config(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase):

@@ -29,8 +29,11 @@ from mars.model.reward_model import RewardModel
 FORMAT = ("text = tokenizer.apply_chat_template(messages, tokenize=False) with messages = the prompt's turns "
           "(an HH-RLHF dialogue turn by turn, a plain prompt as one user turn) + {role: assistant, content: "
           "response}; ids = tokenizer(text, add_special_tokens=add_special_tokens); reward = the model's single logit")
-TRUNCATION = ("sequences longer than max_length: the prompt is cut from the left down to min_prompt_tokens, "
-              "then the response from the left (its end stays); special tokens are kept")
+TRUNCATION = {"keep_end": "sequences longer than max_length: the prompt is cut from the left down to "
+                          "min_prompt_tokens, then the response from the left (its end stays); special tokens are kept",
+              "keep_start": "sequences longer than max_length: the prompt is cut from the left down to "
+                            "min_prompt_tokens, then the response from the right (its start stays); special tokens "
+                            "are kept"}
 
 
 # A folder that is no mars export (a Hub reward model) is scored up to the common encoder limit.
@@ -81,7 +84,8 @@ def load_for_eval(model: str, max_length: int | None = None) -> LoadedRewardMode
             export = json.load(f)
     backbone = BackboneConfig(name_or_path=model, kind=export.get("kind", "auto"),
                               max_length=max_length or export.get("max_length", FOREIGN_MAX_LENGTH),
-                              **{k: export[k] for k in ("min_prompt_tokens",) if k in export})
+                              **{k: export[k] for k in ("min_prompt_tokens",) if k in export},
+                              truncation=export.get("response_truncation", "keep_end"))
     tokenizer = load_tokenizer(backbone)
     return LoadedRewardModel(build_reward_model(backbone, FinetuneConfig(), tokenizer).eval(), tokenizer, backbone)
 
@@ -112,11 +116,12 @@ def export_reward_model(module, out_dir: str, extra: dict | None = None, adapter
     module.tokenizer.save_pretrained(out_dir)
     make_portable(out_dir, model.decoder)
     cfg = module.backbone_cfg
-    formatter = PairFormatter(module.tokenizer, cfg.max_length, cfg.min_prompt_tokens)
+    formatter = PairFormatter.of(module.tokenizer, cfg)
     probe = formatter.texts("x", "y")
     with open(os.path.join(out_dir, "mars_export.json"), "w") as f:
         json.dump({"format": FORMAT, "add_special_tokens": formatter.adds_special_tokens("".join(probe)),
-                   "truncation": TRUNCATION, "max_length": cfg.max_length,
+                   "truncation": TRUNCATION[cfg.truncation], "response_truncation": cfg.truncation,
+                   "max_length": cfg.max_length,
                    "min_prompt_tokens": cfg.min_prompt_tokens, **export_info(cfg, module.finetune_cfg, model.decoder),
                    "transformers_version": transformers.__version__, "oldest_transformers_checked": OLDEST_CHECKED,
                    **(extra or {})},

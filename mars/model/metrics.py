@@ -52,8 +52,13 @@ def pairwise_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[s
     }
 
 
+def _cat(xs) -> torch.Tensor:
+    return torch.cat(xs) if isinstance(xs, list) else xs  # synced: already one tensor
+
+
 class PairwiseMetrics(Metric):
-    """Collects rewards of chosen and rejected; `compute()` gives `pairwise_metrics` of all of them."""
+    """Collects rewards of chosen and rejected (and each pair's index in its set); `compute()`
+    gives `pairwise_metrics` of all of them, `rewards()` the rewards themselves, every rank's."""
 
     full_state_update = False
 
@@ -61,13 +66,23 @@ class PairwiseMetrics(Metric):
         super().__init__(**kwargs)
         self.add_state("r_chosen", default=[], dist_reduce_fx="cat")
         self.add_state("r_rejected", default=[], dist_reduce_fx="cat")
+        self.add_state("index", default=[], dist_reduce_fx="cat")
 
-    def update(self, r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> None:
+    def update(self, r_chosen: torch.Tensor, r_rejected: torch.Tensor, index: torch.Tensor | None = None) -> None:
         self.r_chosen.append(r_chosen.detach().float())
         self.r_rejected.append(r_rejected.detach().float())
+        self.index.append(torch.full_like(r_chosen, -1, dtype=torch.long) if index is None else index.detach())
 
     def compute(self) -> dict[str, float]:
-        cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731 (synced: a tensor)
         if isinstance(self.r_chosen, list) and not self.r_chosen:
             return {}
-        return pairwise_metrics(cat(self.r_chosen), cat(self.r_rejected))
+        return pairwise_metrics(_cat(self.r_chosen), _cat(self.r_rejected))
+
+    def rewards(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(index, r⁺, r⁻) of every pair seen on any rank, in index order."""
+        if isinstance(self.r_chosen, list) and not self.r_chosen:
+            return torch.empty(0, dtype=torch.long), torch.empty(0), torch.empty(0)
+        with self.sync_context():
+            index, r_chosen, r_rejected = _cat(self.index), _cat(self.r_chosen), _cat(self.r_rejected)
+        order = torch.argsort(index, stable=True)
+        return index[order], r_chosen[order], r_rejected[order]

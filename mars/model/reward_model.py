@@ -11,7 +11,9 @@ hooks. A batch is padded (`input_ids`, `attention_mask`: one row per sequence) o
 (`input_ids` and `position_ids` of one row holding every sequence, `seq_lengths`): attention then
 stays within each sequence, through a variable-length path (flash-attention's where the network
 runs on it, else SDPA per sequence: mars.model.attention), or a block-diagonal mask for
-attention implementations that have none (eager).
+attention implementations that have none (eager). A prefix-shared batch (decoders: `input_ids`,
+`position_ids`, `segments`) holds each pair as prefix · chosen · rejected; the rewards are read at
+the end of each part.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from typing import Optional, Protocol
 import torch
 from torch import nn
 
-from mars.model.attention import VARLEN_SDPA
+from mars.config import ConfigError
+from mars.model.attention import VARLEN_SDPA, prefix_shared_block_mask, prefix_shared_mask
 
 
 class Trunk(Protocol):
@@ -77,9 +80,15 @@ def block_mask(seq_lengths: torch.Tensor, causal: bool) -> torch.Tensor:
 
 
 def unpack(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """A packed batch as padded rows (for the fast modes' per-row feature cache)."""
-    lengths = batch["seq_lengths"].tolist()
-    rows = torch.split(batch["input_ids"][0], lengths)
+    """A packed or prefix-shared batch as padded rows, chosen ones first (for the fast modes'
+    per-row feature cache)."""
+    if "segments" in batch:
+        pieces = torch.split(batch["input_ids"][0], batch["segments"].reshape(-1).tolist())
+        prefix, chosen, rejected = pieces[0::3], pieces[1::3], pieces[2::3]
+        rows = [torch.cat(x) for x in zip(prefix, chosen)] + [torch.cat(x) for x in zip(prefix, rejected)]
+    else:
+        rows = torch.split(batch["input_ids"][0], batch["seq_lengths"].tolist())
+    lengths = [len(row) for row in rows]
     ids = torch.zeros(len(rows), max(lengths), dtype=torch.long, device=batch["input_ids"].device)
     mask = torch.zeros_like(ids)
     for i, row in enumerate(rows):
@@ -135,12 +144,35 @@ class RewardModel(nn.Module):
             return hidden[ends]
         return self.encoder_tail(hidden[ends - seq_lengths + 1][:, None, :])
 
+    def shared_features(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                        segments: torch.Tensor) -> torch.Tensor:
+        """φ of every pair's chosen, then every pair's rejected side, of one prefix-shared row."""
+        implementation = self.net.config._attn_implementation
+        if implementation == VARLEN_SDPA:
+            kwargs = {"attention_mask": None, "prefix_segments": segments.tolist()}
+        elif implementation == "eager":
+            kwargs = {"attention_mask": additive_mask(prefix_shared_mask(segments, position_ids), self.net.dtype)}
+        elif implementation == "flex_attention":
+            kwargs = {"attention_mask": prefix_shared_block_mask(segments, position_ids)}
+        else:  # flash-attention's variable-length kernel cannot keep the two parts apart
+            raise ConfigError(f"data.prefix_sharing=true needs backbone.attn_implementation=null (SDPA), "
+                              f"flex_attention or eager, not {implementation}")
+        hidden = self.net.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                     **kwargs).last_hidden_state[0]
+        ends = segments.sum(1).cumsum(0) - 1  # each pair's rejected end; its chosen end r tokens before
+        return hidden[torch.cat([ends - segments[:, 2], ends])]
+
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rewards [sequences], φ [sequences, hidden]) of a padded or packed batch."""
-        if "seq_lengths" not in batch:
+        """(rewards [sequences], φ [sequences, hidden]) of a padded, packed or prefix-shared batch."""
+        if "segments" in batch and not self.decoder:
+            raise ConfigError("data.prefix_sharing=true is for decoder-only reward models: an encoder's prompt "
+                              "tokens attend to the response, so they differ between the two sides")
+        if "seq_lengths" not in batch and "segments" not in batch:
             phi = (self.trunk or self.features)(batch["input_ids"], batch["attention_mask"])
         elif self.trunk is not None:
             phi = self.trunk(*unpack(batch))
+        elif "segments" in batch:
+            phi = self.shared_features(batch["input_ids"], batch["position_ids"], batch["segments"])
         else:
             phi = self.packed_features(batch["input_ids"], batch["position_ids"], batch["seq_lengths"])
         return self.head(phi.to(self.head.weight.dtype)).squeeze(-1), phi
