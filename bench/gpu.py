@@ -1,6 +1,6 @@
 """Training and prediction throughput of mars on one GPU: padded, packed and prefix-shared batches.
 
-    python bench/gpu.py --json $OUT/gpu.json     # a lent GPU: about 3-6 minutes (bench/README.md)
+    python bench/gpu.py --json $OUT/gpu.json     # a lent GPU, a few minutes (bench/README.md)
     .venv/bin/python bench/gpu.py --self-test    # CPU, tiny model, every path but the GPU-only ones
 
 The model is Qwen2.5-0.5B's architecture with random weights (`QWEN2_5_0_5B`, built by
@@ -47,19 +47,24 @@ every run, so a run stopped by its timeout keeps what it measured.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import importlib
+import itertools
 import json
 import re
 import sys
 import tempfile
 import time
 import types
-from contextlib import contextmanager
 from pathlib import Path
 
 import _common as C
+
+# the working tree's mars where none is installed (a device machine's copy of the tree)
+if str(C.ROOT) not in sys.path:
+    sys.path.append(str(C.ROOT))
 
 HERE = Path(__file__).resolve().parent
 LENGTHS = HERE / "hh_lengths.json"
@@ -130,6 +135,7 @@ def import_mars_config() -> None:
 # ---------------------------------------------------------------------------------------------
 # Pairs: HH-RLHF lengths as token ids
 
+@functools.cache
 def preset() -> dict:
     import yaml
 
@@ -139,16 +145,15 @@ def preset() -> dict:
 
 
 def hh_lengths(limit: int | None = None) -> list[tuple[int, int, int]]:
-    """(shared prefix, rest of chosen, rest of rejected) tokens of the shared HH-RLHF pairs,
-    tokenised by PairFormatter with the embedded SmolLM2 tokenizer at the preset's lengths."""
+    """(shared prefix, rest of chosen, rest of rejected) tokens of the first `limit` shared
+    HH-RLHF pairs, tokenised by PairFormatter with the embedded SmolLM2 tokenizer at the preset's lengths."""
     from mars.config import BackboneConfig
     from mars.data.batch import shared_prefix
     from mars.data.format import PairFormatter
     from mars.model.backbone import load_tokenizer
 
-    p = preset()
-    formatter = PairFormatter(load_tokenizer(BackboneConfig(name_or_path="smollm2")), p["max_length"],
-                              p["min_prompt_tokens"])
+    formatter = PairFormatter(load_tokenizer(BackboneConfig(name_or_path="smollm2")), preset()["max_length"],
+                              preset()["min_prompt_tokens"])
     out = []
     for e in formatter.encode(C.hh_pairs()[:limit]):
         k = shared_prefix(e.chosen, e.rejected)
@@ -157,27 +162,29 @@ def hh_lengths(limit: int | None = None) -> list[tuple[int, int, int]]:
 
 
 def write_lengths(path: str) -> None:
-    table = {"source": f"{C.HH_PATH.name}, PairFormatter, SmolLM2-135M-Instruct tokenizer (ChatML)",
+    table = {"source": f"{C.HH_PATH.name}, mars PairFormatter, SmolLM2-135M-Instruct tokenizer (ChatML)",
              **preset(), "columns": ["shared_prefix", "chosen_rest", "rejected_rest"], "pairs": hh_lengths()}
     with open(path, "w") as f:
         json.dump(table, f, separators=(",", ":"))
     print(f"{len(table['pairs'])} pairs' lengths → {path}")
 
 
-def load_lengths() -> tuple[list[tuple[int, int, int]], str]:
-    """The pairs' lengths, and where they came from: the shared file tokenised here, else the table."""
+def load_lengths(limit: int | None) -> tuple[list[tuple[int, int, int]], str]:
+    """The first `limit` pairs' lengths, and where they came from: the shared file tokenised
+    here, else the table."""
     if C.HH_PATH.exists():
         try:
-            return hh_lengths(), f"{C.HH_PATH} tokenised here"
+            return hh_lengths(limit), f"{C.HH_PATH.name} tokenised here"
         except (FileNotFoundError, OSError, ImportError) as e:  # no embedded SmolLM2 on this machine
-            print(f"  (HH file here but no tokenizer: {e}; lengths from {LENGTHS.name})")
+            print(f"  HH file here but no SmolLM2 tokenizer ({e}): lengths from {LENGTHS.name}")
     with open(LENGTHS) as f:
-        return [tuple(row) for row in json.load(f)["pairs"]], f"{LENGTHS.name} (HH-RLHF lengths, no data dir here)"
+        rows = json.load(f)["pairs"][:limit]
+    return [tuple(row) for row in rows], f"{LENGTHS.name} (HH-RLHF lengths; no data folder here)"
 
 
 def make_pairs(lengths, vocab: int, seed: int = 0) -> list:
     """EncodedPairs of random ids with exactly these lengths: a shared prefix, then chosen ids
-    even and rejected ids odd, so the sides part right after it. Id `vocab - 1` (the pad) is never drawn."""
+    even and rejected ids odd, so the sides part right after it. The pad id, `vocab - 1`, is never drawn."""
     import numpy as np
 
     from mars.data.format import EncodedPair
@@ -192,9 +199,23 @@ def make_pairs(lengths, vocab: int, seed: int = 0) -> list:
     return pairs
 
 
+def split(pairs: list, per_batch: int, steps: int, eval_pairs: int) -> tuple[list, list]:
+    """The first `steps` batches of mars's seeded, length-grouped training sampler over the pairs,
+    and `eval_pairs` others for the prediction pass."""
+    import numpy as np
+
+    from mars.data.batch import PairBatchSampler
+
+    sampler = PairBatchSampler([e.length for e in pairs], per_batch, shuffle=True, seed=0)
+    batches = [[pairs[i] for i in batch] for batch in list(sampler)[:steps]]
+    trained = {e.index for batch in batches for e in batch}
+    others = [pairs[i] for i in np.random.default_rng(1).permutation(len(pairs)) if i not in trained]
+    return batches, others[:eval_pairs]
+
+
 def stand_in_tokenizer(vocab: int):
     """A tokenizer of two tokens, the pad (`vocab - 1`) and EOS (`vocab - 2`): what mars's model
-    builder and TRL read from one (pad id, length, vocabulary) without a download."""
+    builder and TRL read from one (pad id, length, vocabulary), without a download."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
@@ -204,43 +225,55 @@ def stand_in_tokenizer(vocab: int):
                                    pad_token="<pad>", eos_token="<eos>")
 
 
+class Encoded:
+    """The scorer's formatter for pairs that are token ids already (indexed by their place, as
+    `PairFormatter.encode` indexes them)."""
+
+    @staticmethod
+    def encode(pairs):
+        return [dataclasses.replace(e, index=i) for i, e in enumerate(pairs)]
+
+
+def collator(mode: str, pad_id: int):
+    from mars.data.batch import Collator, PackedCollator, PrefixSharedCollator
+
+    return {"padded": Collator(pad_id), "packed": PackedCollator(), "prefix_shared": PrefixSharedCollator()}[mode]
+
+
 # ---------------------------------------------------------------------------------------------
-# Work and FLOPs of a batch
+# Work and FLOPs
 
 def triangle(n):
     return n * (n + 1) // 2
 
 
 def batch_work(batch: dict) -> dict:
-    """Pairs, useful tokens (both sequences in full), token slots run (padding included), and
-    tokens and attention pairs both in full and as the batch needs them (prefix once)."""
+    """Pairs, token slots run (padding included), and tokens and causal attention pairs counted
+    two ways: both sequences of each pair in full, and as the batch needs them (prefix once)."""
     if "segments" in batch:
-        p, c, r = batch["segments"].T.long()
-        full = {"tokens": int((2 * p + c + r).sum()), "attended": int((triangle(p + c) + triangle(p + r)).sum())}
-        needed = {"tokens": int((p + c + r).sum()), "attended": int((triangle(p + c) + r * p + triangle(r)).sum())}
-        slots = batch["input_ids"].numel()
+        p, c, r = batch["segments"].long().T
+        full = int((2 * p + c + r).sum()), int((triangle(p + c) + triangle(p + r)).sum())
+        needed = int((p + c + r).sum()), int((triangle(p + c) + r * p + triangle(r)).sum())
     else:
-        lengths = batch["seq_lengths"] if "seq_lengths" in batch else batch["attention_mask"].sum(1)
-        full = needed = {"tokens": int(lengths.sum()), "attended": int(triangle(lengths.long()).sum())}
-        slots = batch["input_ids"].numel()
-    return {"pairs": len(batch["index"]), "tokens": full["tokens"], "attended": full["attended"],
-            "needed_tokens": needed["tokens"], "needed_attended": needed["attended"], "slots": slots}
+        lengths = (batch["seq_lengths"] if "seq_lengths" in batch else batch["attention_mask"].sum(1)).long()
+        full = needed = int(lengths.sum()), int(triangle(lengths).sum())
+    return {"pairs": len(batch["index"]), "tokens": full[0], "attended": full[1], "needed_tokens": needed[0],
+            "needed_attended": needed[1], "slots": batch["input_ids"].numel()}
 
 
 def add_work(works: list[dict]) -> dict:
-    return {k: sum(w[k] for w in works) for k in works[0]} if works else {}
+    return {k: sum(w[k] for w in works) for k in works[0]}
 
 
 class Flops:
-    """k·(2·N·tokens + 4·layers·d·attention pairs), k = 3 training, 1 prediction (module docstring)."""
+    """A sequence of L tokens: k·(2·N·L + 4·layers·d·L(L+1)/2) FLOPs, N the non-embedding
+    parameters, d = heads × head_dim, k = 3 for a training step, 1 for the prediction pass."""
 
-    def __init__(self, model):
-        config = model.config
-        embeddings = {id(p) for p in model.net.get_input_embeddings().parameters()}
-        self.n = sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+    def __init__(self, model, embeddings, config):
+        skip = {id(p) for p in embeddings.parameters()}
         self.params = sum(p.numel() for p in model.parameters())
-        heads = config.num_attention_heads
-        self.layers = config.num_hidden_layers
+        self.n = sum(p.numel() for p in model.parameters() if id(p) not in skip)
+        heads, self.layers = config.num_attention_heads, config.num_hidden_layers
         self.d = heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
 
     def __call__(self, tokens: int, attended: int, passes: int) -> float:
@@ -269,6 +302,7 @@ class Bench:
         self.cuda = self.device.type == "cuda"
         self.model_dims = TINY_QWEN2 if args.self_test else QWEN2_5_0_5B
         self.tokenizer = stand_in_tokenizer(self.model_dims["vocab_size"])
+        self.flops = None  # of the last model built
         self.started = time.perf_counter()
 
     def sync(self) -> None:
@@ -285,20 +319,8 @@ class Bench:
     def backbone(self, attention: str):
         from mars.config import BackboneConfig
 
-        return BackboneConfig(name_or_path="Qwen2.5-0.5B architecture (random init)", model_type="qwen2",
-                              random_init=True, config_overrides=self.model_dims, attn_implementation=attention,
-                              dropout=0.0, max_length=preset()["max_length"])
-
-    def build(self, attention: str):
-        """A fresh reward model on the device, its peak-memory counter reset first."""
-        from mars.config import FinetuneConfig
-        from mars.model.build import build_reward_model
-
-        self.release()
-        self.torch.manual_seed(0)
-        with self.torch.device(self.device):  # weights made on the card, not copied there
-            model = build_reward_model(self.backbone(attention), FinetuneConfig(name="full"), self.tokenizer)
-        return model.to(self.device)
+        return BackboneConfig(name_or_path="Qwen2.5-0.5B architecture", model_type="qwen2", random_init=True,
+                              config_overrides=self.model_dims, attn_implementation=attention, dropout=0.0)
 
     def release(self) -> None:
         gc.collect()
@@ -306,10 +328,27 @@ class Bench:
             self.torch.cuda.empty_cache()
             self.torch.cuda.reset_peak_memory_stats()
 
+    def build(self, attention: str):
+        """A fresh reward model on the device (the same weights every time), peak memory reset first."""
+        from mars.config import FinetuneConfig
+        from mars.model.build import build_reward_model
+
+        self.release()
+        # each FlexAttention run compiles afresh: past dynamo's recompile limit, the runs' different
+        # masks would make it fall back to unfused attention
+        if attention == "flex_attention":
+            self.torch._dynamo.reset()
+        self.torch.manual_seed(0)
+        with self.torch.device(self.device):  # weights made on the card, not copied there
+            model = build_reward_model(self.backbone(attention), FinetuneConfig(name="full"), self.tokenizer)
+        self.flops = Flops(model, model.net.get_input_embeddings(), model.config)
+        return model
+
     def peak_gib(self) -> float | None:
         return self.torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
 
     def optimizer(self, model):
+        """mars's AdamW (mars.lightning.module): decay on matrices only, not fused under mixed precision."""
         from mars.config import OptimConfig
 
         cfg = OptimConfig()
@@ -323,16 +362,15 @@ class Bench:
 
         torch = self.torch
         model = self.build(attention)
-        flops = Flops(model)
         optimizer = self.optimizer(model)
         collate = collator(mode, self.tokenizer.pad_token_id)
+        works = [batch_work(collate(items)) for items in batches]  # counted outside the timed steps
         model.train()
-        times, works, losses = [], [], []
+        times, losses = [], []
         self.sync()
         last = time.perf_counter()
         for items in batches:
             batch = collate(items)
-            works.append(batch_work(batch))
             with self.autocast():
                 rewards, _ = model({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
             loss = bradley_terry_loss(*rewards.float().chunk(2))
@@ -340,78 +378,46 @@ class Bench:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())  # synchronises: the step is done
+            losses.append(loss.detach())
             self.sync()
             now = time.perf_counter()
             times.append(now - last)
             last = now
-        w = self.args.warmup
-        timed = times[w:]
-        out = {"pass": "train", "attention": attention, "mode": mode, "warmup_steps": w, "timed_steps": len(timed),
-               "warmup_s": sum(times[:w]), "step_s": sum(timed) / len(timed),
-               "step_s_median": C.median(timed), "loss_first": losses[0], "loss_last": losses[-1],
-               **rates(add_work(works[w:]), sum(timed), flops, 3, peak), "peak_memory_gib": self.peak_gib()}
-        del model, optimizer
-        return out
+        w, timed = self.args.warmup, times[self.args.warmup:]
+        return {"pass": "train", "framework": "mars", "attention": attention, "mode": mode, "warmup_steps": w,
+                "timed_steps": len(timed), "warmup_s": sum(times[:w]), "step_s": sum(timed) / len(timed),
+                "step_s_median": C.median(timed), "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
+                **rates(add_work(works[w:]), sum(timed), self.flops, 3, peak), "peak_memory_gib": self.peak_gib()}
 
     def predict(self, mode: str, pairs: list, peak: float | None) -> dict:
-        """mars's scorer over the pairs (already token ids: the formatter stand-in passes them on)."""
-        from mars.data.batch import Collator
+        """mars's scorer over the pairs, timed and counted by its own `time` (one warm-up call first)."""
         from mars.model.scoring import Scorer
 
         a = self.args
         model = self.build("sdpa")
-        flops = Flops(model)
         scorer = Scorer(Encoded(), self.tokenizer.pad_token_id, model, batch_size=a.eval_batch,
                         packing=mode == "packed", max_tokens=a.eval_tokens, device=self.device,
                         prefix_sharing=mode == "prefix_shared")
         with self.autocast():
-            scorer.pairs(pairs[: a.eval_batch])  # warm-up: kernels chosen, allocator grown
-            before = scorer.time.seconds
-            scores = scorer.pairs(pairs)
-        seconds = scorer.time.seconds - before
-        # each pair's sequences counted in full; what the pass runs is the scorer's own count
-        work = batch_work(collator(mode, self.tokenizer.pad_token_id)(pairs)) if mode != "padded" else \
-            batch_work(Collator(self.tokenizer.pad_token_id)(pairs))
-        out = {"pass": "predict", "attention": "sdpa", "mode": mode, "batch": a.eval_batch if mode == "padded"
-               else f"{a.eval_tokens} tokens", **rates(work, seconds, flops, 1, peak),
-               "scorer_tokens_run": scorer.time.tokens, "finite": bool(abs(scores.margins).max() < math.inf),
-               "peak_memory_gib": self.peak_gib()}
-        out["slots"], out["padding_fraction"] = None, None  # the scorer's batches, not the one above
-        del model, scorer
-        return out
-
-
-class Encoded:
-    """The scorer's formatter for pairs that are token ids already."""
-
-    truncated = 0
-
-    @staticmethod
-    def encode(pairs):
-        return pairs
-
-
-def collator(mode: str, pad_id: int):
-    from mars.data.batch import Collator, PackedCollator, PrefixSharedCollator
-
-    return {"padded": Collator(pad_id), "packed": PackedCollator(), "prefix_shared": PrefixSharedCollator()}[mode]
-
-
-def train_batches(pairs: list, per_batch: int, count: int) -> list:
-    """The first `count` batches of mars's length-grouped, seeded training sampler over the pairs."""
-    from mars.data.batch import PairBatchSampler
-
-    sampler = PairBatchSampler([e.length for e in pairs], per_batch, shuffle=True, seed=0)
-    return [[pairs[i] for i in batch] for batch in list(sampler)[:count]]
+            scorer.pairs(pairs[: a.eval_batch])
+            before = (scorer.time.seconds, scorer.time.slots)
+            scorer.pairs(pairs)
+        # tokens and attention pairs from one row of all the pairs (as the pass needs them);
+        # the slots it ran, padding included, from the scorer
+        work = batch_work(collator("prefix_shared" if mode == "prefix_shared" else "packed", 0)(pairs))
+        work["slots"] = scorer.time.slots - before[1]
+        return {"pass": "predict", "framework": "mars", "attention": "sdpa", "mode": mode,
+                "batch": f"{a.eval_batch} pairs" if mode == "padded" else f"{a.eval_tokens} tokens",
+                **rates(work, scorer.time.seconds - before[0], self.flops, 1, peak), "peak_memory_gib": self.peak_gib()}
 
 
 def trl_train(bench: Bench, batches: list, peak: float | None) -> dict:
-    """TRL's RewardTrainer on the same network config and batches (padded, bf16 on the GPU)."""
+    """TRL's RewardTrainer on the same network config and pairs (padded; bf16 on the GPU)."""
     torch = bench.torch
+    import trl
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, TrainerCallback
-    from trl import RewardConfig, RewardTrainer
+    from transformers.trainer_callback import PrinterCallback
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
     from mars.model.backbone import model_config
@@ -424,11 +430,10 @@ def trl_train(bench: Bench, batches: list, peak: float | None) -> dict:
 
         def __call__(self, examples):
             out = self.inner(examples)
-            self.works.append(batch_work({"index": examples, "attention_mask": out["attention_mask"][: 2 * len(examples)],
-                                          "input_ids": out["input_ids"]}))
+            self.works.append(batch_work({"index": examples, **out}))
             return out
 
-    class Steps(TrainerCallback):
+    class StepEnds(TrainerCallback):
         def __init__(self):
             self.ends = []
 
@@ -436,58 +441,55 @@ def trl_train(bench: Bench, batches: list, peak: float | None) -> dict:
             bench.sync()
             self.ends.append(time.perf_counter())
 
-        def on_step_end(self, args, state, control, **kwargs):
-            bench.sync()
-            self.ends.append(time.perf_counter())
+        on_step_end = on_train_begin
 
     bench.release()
     torch.manual_seed(0)
     config = model_config(bench.backbone("sdpa"), bench.tokenizer)
     with torch.device(bench.device):
         model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    flops = Flops(model, model.get_input_embeddings(), config)
     rows = [{"chosen_ids": e.chosen, "rejected_ids": e.rejected} for batch in batches for e in batch]
-    fields = RewardConfig.__dataclass_fields__
-    order = {"train_sampling_strategy": "sequential"} if "train_sampling_strategy" in fields else {}
-    collate, steps = Counting(), Steps()
+    # mars's batches in mars's order, where this transformers has the option
+    order = {"train_sampling_strategy": "sequential"} if "train_sampling_strategy" in \
+        trl.RewardConfig.__dataclass_fields__ else {}
+    collate, steps = Counting(), StepEnds()
     with tempfile.TemporaryDirectory(prefix="mars_gpu_trl_") as out_dir:
-        cfg = RewardConfig(
+        cfg = trl.RewardConfig(
             output_dir=out_dir, per_device_train_batch_size=bench.args.pairs, max_steps=len(batches),
             learning_rate=5e-5, weight_decay=0.01, lr_scheduler_type="constant", max_grad_norm=1.0,
             center_rewards_coefficient=None, gradient_checkpointing=False, disable_dropout=True, max_length=None,
             bf16=bench.cuda, use_cpu=not bench.cuda, report_to=[], save_strategy="no", eval_strategy="no",
             logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, seed=0, **order)
-        trainer = RewardTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows),
-                                processing_class=bench.tokenizer, data_collator=collate, callbacks=[steps])
+        trainer = trl.RewardTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows),
+                                    processing_class=bench.tokenizer, data_collator=collate, callbacks=[steps])
+        trainer.remove_callback(PrinterCallback)  # its end-of-training metrics line, not ours
         trainer.train()
     w = bench.args.warmup
-    times = [b - a for a, b in zip(steps.ends, steps.ends[1:])]
-    flops = Flops(types.SimpleNamespace(config=config, net=model, parameters=model.parameters))
-    out = {"pass": "train", "attention": "sdpa", "mode": "padded", "framework": f"trl {importlib.import_module('trl').__version__}",
-           "batch_order": "mars's batches, sequential" if order else "TRL's random order over the same pairs",
-           "warmup_steps": w, "timed_steps": len(times[w:]), "warmup_s": sum(times[:w]),
-           "step_s": sum(times[w:]) / len(times[w:]), "step_s_median": C.median(times[w:]),
-           **rates(add_work(collate.works[w:len(times)]), sum(times[w:]), flops, 3, peak),
-           "peak_memory_gib": bench.peak_gib()}
-    del trainer, model
-    return out
+    times = [b - a for a, b in itertools.pairwise(steps.ends)]
+    return {"pass": "train", "framework": f"trl {trl.__version__}", "attention": "sdpa", "mode": "padded",
+            "batch_order": "mars's batches, in order" if order else "TRL's random order over the same pairs",
+            "optimizer": getattr(cfg.optim, "value", cfg.optim), "warmup_steps": w, "timed_steps": len(times) - w,
+            "warmup_s": sum(times[:w]),
+            "step_s": sum(times[w:]) / (len(times) - w), "step_s_median": C.median(times[w:]),
+            **rates(add_work(collate.works[w:len(times)]), sum(times[w:]), flops, 3, peak),
+            "peak_memory_gib": bench.peak_gib()}
 
 
 # ---------------------------------------------------------------------------------------------
 # Report
 
 def card_peak(torch, cli_tflops: float | None, self_test: bool) -> tuple[str, float | None, str]:
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-    else:
-        name = f"CPU ({C.machine()['cpu'] or 'unknown'})"
+    cuda = torch.cuda.is_available()
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({C.machine()['cpu'] or 'unknown'})"
     if cli_tflops:
         return name, cli_tflops * 1e12, "--peak-tflops"
-    for pattern, peak in PEAK_BF16:
-        if torch.cuda.is_available() and re.search(pattern, name):
-            return name, peak, f"dense bf16 datasheet peak ({pattern})"
-    if self_test:  # a nominal peak, so that the MFU path runs; not a figure of this CPU
+    for pattern, peak in PEAK_BF16 if cuda else ():
+        if re.search(pattern, name):
+            return name, peak, f"dense bf16 datasheet peak, /{pattern}/"
+    if self_test:  # so that the MFU path runs: not a figure of this CPU
         return name, 1e12, "nominal 1 TFLOP/s (self-test)"
-    return name, None, "unknown card: pass --peak-tflops for MFU"
+    return name, None, "card not in PEAK_BF16: pass --peak-tflops for MFU"
 
 
 def versions(torch) -> dict:
@@ -507,29 +509,28 @@ def fmt(x, spec: str, scale: float = 1.0) -> str:
     return "—" if x is None else format(x * scale, spec)
 
 
+COLUMNS = ("pass", "attention", "batches", "step ms", "pairs/s", "useful tok/s", "MFU", "MFU prefix once", "padding",
+           "peak GiB")
+
+
 def table(result: dict) -> str:
     v, m, s = result["versions"], result["model"], result["setup"]
-    lines = [f"## mars on {result['card']}",
-             "",
-             f"peak {fmt(result['peak_flops'], '.0f', 1e-12)} TFLOP/s ({result['peak_source']}); torch {v['torch']}"
-             f" (CUDA {v['cuda']}), transformers {v['transformers']}, flash-attn {v['flash_attn'] or '—'}, "
-             f"trl {v['trl'] or '—'}; {m['name']}: {m['params'] / 1e6:.0f}M parameters, "
-             f"{m['non_embedding_params'] / 1e6:.0f}M non-embedding; {s['pairs_per_step']} pairs a step, "
-             f"{s['warmup_steps']} warm-up + {s['timed_steps']} timed steps; {s['precision']}; "
-             f"lengths: {result['data']['source']}",
-             "",
-             "| pass | attention | batches | step ms | pairs/s | useful tok/s | MFU | MFU prefix once | padding | peak GiB |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"## mars on {result['card']}", "",
+             (f"Peak {fmt(result['peak_flops'], '.0f', 1e-12)} TFLOP/s ({result['peak_source']}). torch {v['torch']} "
+             f"(CUDA {v['cuda'] or '—'}), transformers {v['transformers']}, flash-attn {v['flash_attn'] or '—'}, "
+             f"trl {v['trl'] or '—'}. {m.get('name')}: {m.get('params', 0):,} parameters, "
+             f"{m.get('non_embedding_params', 0):,} non-embedding. {s['pairs_per_step']} pairs a step, "
+             f"{s['warmup_steps']} warm-up + {s['timed_steps']} timed steps; prediction over {s['eval_pairs']} pairs; "
+             f"{s['precision']}. Lengths: {result['data']['source']}."), "",
+             "| " + " | ".join(COLUMNS) + " |", "| --- | --- | --- |" + " ---: |" * (len(COLUMNS) - 3)]
     for r in result["runs"]:
-        who = r.get("framework", "mars")
-        lines.append(f"| {r['pass']} ({who}) | {r['attention']} | {r['mode']} | {fmt(r.get('step_s'), '.1f', 1e3)} | "
-                     f"{r['pairs_per_s']:.1f} | {r['useful_tokens_per_s']:,.0f} | {fmt(r['mfu'], '.1%')} | "
-                     f"{fmt(r['mfu_prefix_once'], '.1%')} | {fmt(r['padding_fraction'], '.1%')} | "
+        lines.append(f"| {r['pass']} ({r['framework']}) | {r['attention']} | {r['mode']} | "
+                     f"{fmt(r.get('step_s'), '.1f', 1e3)} | {r['pairs_per_s']:.1f} | {r['useful_tokens_per_s']:,.0f} | "
+                     f"{fmt(r['mfu'], '.1%')} | {fmt(r['mfu_prefix_once'], '.1%')} | {r['padding_fraction']:.1%} | "
                      f"{fmt(r['peak_memory_gib'], '.1f')} |")
-    for k in result["skipped"]:
-        lines.append(f"| {k['pass']} | {k['attention']} | {k['mode']} | skipped: {k['why']} |||||||")
-    for e in result["errors"]:
-        lines.append(f"| {e['pass']} | {e['attention']} | {e['mode']} | error: {e['error'][:120]} |||||||")
+    for kind, rows in (("skipped", result["skipped"]), ("error", result["errors"])):
+        for r in rows:
+            lines.append(f"| {r['pass']} | {r['attention']} | {r['mode']} | {kind}: {r['why'][:160]} |" + " |" * 6)
     return "\n".join(lines)
 
 
@@ -538,18 +539,20 @@ def table(result: dict) -> str:
 def main() -> int:
     ap = C.arg_parser(__doc__)
     ap.add_argument("--self-test", action="store_true",
-                    help="CPU: tiny model, a few steps, every path but the GPU-only ones (as --quick)")
+                    help="CPU: tiny model, a few steps, every path but the GPU-only ones (the same as --quick)")
     ap.add_argument("--pairs", type=int, default=16, help="pairs per training step")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (FlexAttention compiles in them)")
     ap.add_argument("--steps", type=int, default=10, help="timed training steps")
     ap.add_argument("--eval-pairs", type=int, default=1024, help="pairs of the prediction pass")
     ap.add_argument("--eval-batch", type=int, default=64, help="pairs per padded prediction batch")
-    ap.add_argument("--eval-tokens", type=int, default=32768, help="tokens per packed / prefix-shared prediction batch")
-    ap.add_argument("--attention", nargs="+", choices=ATTENTIONS, help="default: all this machine runs")
+    ap.add_argument("--eval-tokens", type=int, default=32768,
+                    help="tokens per packed or prefix-shared prediction batch")
+    ap.add_argument("--attention", nargs="+", choices=ATTENTIONS,
+                    help="default: all (FlexAttention on a GPU only, flash-attention where flash_attn imports)")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     ap.add_argument("--no-trl", action="store_true", help="skip TRL even where it imports")
-    ap.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, for cards not in PEAK_BF16")
-    ap.add_argument("--budget-s", type=float, default=390, help="start no phase after this many seconds")
+    ap.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, for a card not in PEAK_BF16")
+    ap.add_argument("--budget-s", type=float, default=390, help="start no run after this many seconds")
     ap.add_argument("--write-lengths", metavar="PATH", help=f"write the HH length table ({LENGTHS.name}) and stop")
     args = C.parse(ap)
     args.self_test = args.self_test or args.quick
@@ -563,90 +566,89 @@ def main() -> int:
         return 0
     import torch
 
+    if args.self_test and not args.threads:  # a tiny model: more threads only wait on each other
+        torch.set_num_threads(1)
     bench = Bench(args, torch)
     card, peak, peak_source = card_peak(torch, args.peak_tflops, args.self_test)
+    v = versions(torch)
     print(f"gpu bench: {card}, peak {fmt(peak, '.0f', 1e-12)} TFLOP/s ({peak_source})", flush=True)
-    lengths, source = load_lengths()
+    # the self-test's few steps need few pairs: the first 64 (tokenising all takes seconds)
+    lengths, source = load_lengths(64 if args.self_test else None)
     pairs = make_pairs(lengths, bench.model_dims["vocab_size"])
-    batches = train_batches(pairs, args.pairs, args.warmup + args.steps)
-    held = {e.index for b in batches for e in b}
-    # the prediction pass: the next pairs of the same seeded permutation, disjoint from training's
-    rest = [pairs[i] for i in __import__("numpy").random.default_rng(1).permutation(len(pairs)) if i not in held]
-    eval_pairs = rest[: args.eval_pairs]
-    attentions = args.attention or list(ATTENTIONS)
-    result = {"card": card, "device": str(bench.device), "peak_flops": peak, "peak_source": peak_source,
-              "versions": versions(torch), "data": {"source": source, "pairs_available": len(pairs),
-                                                    "mean_lengths": [sum(x) / len(x) for x in zip(*lengths)]},
+    batches, eval_pairs = split(pairs, args.pairs, args.warmup + args.steps, args.eval_pairs)
+    result = {"card": card, "device": str(bench.device), "peak_flops": peak, "peak_source": peak_source, "versions": v,
+              "data": {"source": source, "pairs": len(pairs),
+                       "mean_lengths": dict(zip(("shared_prefix", "chosen_rest", "rejected_rest"),
+                                                (sum(x) / len(x) for x in zip(*lengths, strict=True)), strict=True))},
               "setup": {"pairs_per_step": args.pairs, "warmup_steps": args.warmup, "timed_steps": args.steps,
                         "eval_pairs": len(eval_pairs), "eval_batch": args.eval_batch, "eval_tokens": args.eval_tokens,
                         "precision": "bf16 autocast, fp32 weights and AdamW (bf16-mixed)" if bench.cuda else
                                      "fp32 (CPU)",
-                        "flops": Flops.__doc__},
+                        "recipe": "Bradley-Terry loss, clipping at 1.0, AdamW at a constant learning rate",
+                        "flops": " ".join(Flops.__doc__.split()), "step": "step end to step end after "
+                        "synchronize: collation, copy, forward, backward, clipping, AdamW"},
               "model": {}, "runs": [], "skipped": [], "errors": [], "seconds": None}
 
-    def record(kind: str, attention: str, mode: str, run) -> None:
-        tag = f"{kind} {attention} {mode}"
-        if bench.over_budget():
-            result["skipped"].append({"pass": kind, "attention": attention, "mode": mode, "why": "time budget spent"})
-            print(f"  [{tag}] skipped: past --budget-s {args.budget_s:.0f}", flush=True)
-            return
-        t0 = time.perf_counter()
-        try:
-            r = run()
-        except Exception as e:  # one failing run (a kernel, memory) must not lose the others
-            bench.release()
-            result["errors"].append({"pass": kind, "attention": attention, "mode": mode, "error": f"{type(e).__name__}: {e}"})
-            print(f"  [{tag}] error: {type(e).__name__}: {str(e)[:400]}", flush=True)
-        else:
-            result["runs"].append(r)
-            print(f"  [{tag}] {time.perf_counter() - t0:.1f} s: {r['pairs_per_s']:.1f} pairs/s, "
-                  f"{r['useful_tokens_per_s']:,.0f} useful tok/s, MFU {fmt(r['mfu'], '.1%')}", flush=True)
+    def save() -> None:
+        if bench.flops and not result["model"]:
+            f = bench.flops
+            result["model"] = {"name": "tiny qwen2 (random init)" if args.self_test else
+                               "Qwen2.5-0.5B architecture (random init)", "config": bench.model_dims,
+                               "params": f.params, "non_embedding_params": f.n, "layers": f.layers,
+                               "attention_width": f.d}
         result["seconds"] = time.perf_counter() - bench.started
         C.write_json(args.json, result)
 
     def skip(kind: str, attention: str, mode: str, why: str) -> None:
         result["skipped"].append({"pass": kind, "attention": attention, "mode": mode, "why": why})
 
-    probe = bench.build("sdpa")
-    f = Flops(probe)
-    result["model"] = {"name": probe.config.model_type + (" (tiny)" if args.self_test else " Qwen2.5-0.5B"),
-                       "config": bench.model_dims, "params": f.params, "non_embedding_params": f.n,
-                       "layers": f.layers, "attention_width": f.d}
-    del probe
+    def record(kind: str, attention: str, mode: str, run, *run_args) -> None:
+        tag = f"{kind} {attention} {mode}"
+        if bench.over_budget():
+            print(f"  [{tag}] skipped: past --budget-s {args.budget_s:.0f}", flush=True)
+            return skip(kind, attention, mode, f"past --budget-s {args.budget_s:.0f}")
+        t0 = time.perf_counter()
+        try:
+            r = run(*run_args)
+        except Exception as e:  # one failing run (a kernel, memory) must not lose the others
+            why = f"{type(e).__name__}: {e}"
+            result["errors"].append({"pass": kind, "attention": attention, "mode": mode, "why": why})
+            print(f"  [{tag}] error: {why[:600]}", flush=True)
+        else:
+            result["runs"].append(r)
+            print(f"  [{tag}] {time.perf_counter() - t0:.1f} s: {r['pairs_per_s']:.1f} pairs/s, "
+                  f"{r['useful_tokens_per_s']:,.0f} useful tok/s, MFU {fmt(r['mfu'], '.1%')}, "
+                  f"peak {fmt(r['peak_memory_gib'], '.1f')} GiB", flush=True)
+        bench.release()
+        save()
 
-    def train_phase(attention: str) -> None:
-        for mode in args.modes:
-            if attention == "flash_attention_2" and mode == "prefix_shared":
-                skip("train", attention, mode, "flash-attention cannot keep the two sides apart (mars ConfigError)")
-                continue
-            record("train", attention, mode, lambda: bench.train(attention, mode, batches, peak))
-
-    runnable = {"sdpa": None,
-                "flex_attention": None if bench.cuda or args.attention else "CPU: compiles for ~30 s (GPU only by default)",
-                "flash_attention_2": None if bench.cuda and versions(torch)["flash_attn"] else
-                "needs CUDA and the flash_attn package"}
-    phases = [("sdpa", None), ("predict", None), ("flash_attention_2", None), ("trl", None), ("flex_attention", None)]
-    for name, _ in phases:
-        if name == "predict":
+    attentions = args.attention or list(ATTENTIONS)
+    cannot = {"flex_attention": None if bench.cuda else "CPU: FlexAttention has no backward there (and compiles ~30 s)",
+              "flash_attention_2": None if bench.cuda and v["flash_attn"] else
+              "needs CUDA, and flash_attn does not import"}
+    # cheap and sure first; FlexAttention, which compiles, last. The prediction pass and TRL run SDPA.
+    for phase in ("sdpa", "predict", "flash_attention_2", "trl", "flex_attention"):
+        if phase == "predict" and "sdpa" in attentions:
             for mode in args.modes:
-                record("predict", "sdpa", mode, lambda: bench.predict(mode, eval_pairs, peak))
-        elif name == "trl":
-            if args.no_trl or versions(torch)["trl"] is None:
-                skip("train (trl)", "sdpa", "padded", "--no-trl" if args.no_trl else "trl not importable")
+                record("predict", "sdpa", mode, bench.predict, mode, eval_pairs, peak)
+        elif phase == "trl" and "sdpa" in attentions and "padded" in args.modes:
+            if args.no_trl or not v["trl"]:
+                skip("train (trl)", "sdpa", "padded", "--no-trl" if args.no_trl else "trl does not import")
             else:
-                record("train (trl)", "sdpa", "padded", lambda: trl_train(bench, batches, peak))
-        elif name in attentions:
-            if runnable[name]:
-                for mode in args.modes:
-                    skip("train", name, mode, runnable[name])
-            else:
-                train_phase(name)
-    result["seconds"] = time.perf_counter() - bench.started
-    C.write_json(args.json, result)
+                record("train (trl)", "sdpa", "padded", trl_train, bench, batches, peak)
+        elif phase in attentions:
+            for mode in args.modes:
+                if cannot.get(phase):
+                    skip("train", phase, mode, cannot[phase])
+                elif phase == "flash_attention_2" and mode == "prefix_shared":
+                    skip("train", phase, mode, "flash-attention cannot keep the two sides apart (mars: ConfigError)")
+                else:
+                    record("train", phase, mode, bench.train, phase, mode, batches, peak)
+    save()
     print()
     print(table(result))
     print(f"\nSUMMARY gpu: {card}: {len(result['runs'])} runs, {len(result['skipped'])} skipped, "
-          f"{len(result['errors'])} errors in {result['seconds']:.0f} s" + (f"; JSON {args.json}" if args.json else ""))
+          f"{len(result['errors'])} errors, {result['seconds']:.0f} s" + (f"; JSON {args.json}" if args.json else ""))
     return 1 if result["errors"] else 0
 
 

@@ -1,5 +1,6 @@
 """Packed, padding-free batches: packed scores equal padded ones (encoder and decoder), the token
-budget sampler shards like the pair sampler, and packed training iterates exactly D^t."""
+budget sampler shards like the pair sampler, packed training iterates exactly D^t, and packing is
+refused on architectures where that equality is not checked."""
 from __future__ import annotations
 
 import json
@@ -9,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from mars.config import FinetuneConfig, LossConfig, OptimConfig, validate
+from mars.config import ConfigError, FinetuneConfig, LossConfig, OptimConfig, validate
 from mars.data.batch import TokenBudgetSampler
 from mars.data.demo import demo_splits
 from mars.data.format import PairFormatter
 from mars.model.attention import VARLEN_SDPA
+from mars.model.backbone import PACKING_VERIFIED, check_packing
 from mars.lightning.module import RewardModule
 from mars.model.scoring import Scorer
 from tests.conftest import TINY, compose_config
@@ -29,24 +31,21 @@ def build(name: str, tmp_path, *overrides: str) -> RewardModule:
     return module.eval()
 
 
-# Every architecture of PACKING_VERIFIED, as a tiny random model ("tiny": BERT, as MiniLM)
-VERIFIED = {"tiny": [], "tiny_llama": [], "tiny_qwen2": [],
-            "tiny_qwen3": ["backbone=tiny_qwen2", "backbone.model_type=qwen3", "+backbone.config_overrides.head_dim=16"]}
+# Every architecture of PACKING_VERIFIED as a tiny random model ("tiny": BERT, as MiniLM)
+VERIFIED = {"tiny": "bert", "tiny_llama": "llama", "tiny_qwen2": "qwen2", "tiny_qwen3": "qwen3"}
+# Tiny RoBERTa: positions counted from the padding index, so packed rewards differ from padded ones
+ROBERTA = ["backbone.model_type=roberta", "+backbone.config_overrides.vocab_size=30522"]
 
 
 def test_every_verified_architecture_is_checked_here():
-    from mars.model.backbone import PACKING_VERIFIED
-
-    types = {"tiny": "bert", "tiny_llama": "llama", "tiny_qwen2": "qwen2", "tiny_qwen3": "qwen3"}
-    assert sorted(types[k] for k in VERIFIED) == sorted(PACKING_VERIFIED)
+    assert sorted(VERIFIED.values()) == sorted(PACKING_VERIFIED)
 
 
 @pytest.mark.parametrize("attention", ["default", "eager"])
 @pytest.mark.parametrize("name", sorted(VERIFIED))
 def test_packed_scores_equal_padded_scores(name, attention, tmp_path, monkeypatch):
-    backbone = VERIFIED[name] or [f"backbone={name}"]
-    module = build(backbone[0].split("=")[1], tmp_path, *backbone[1:],
-                   *([] if attention == "default" else [f"backbone.attn_implementation={attention}"]))
+    module = build(name, tmp_path, *([] if attention == "default" else [f"backbone.attn_implementation={attention}"]))
+    assert module.model.config.model_type == VERIFIED[name]
     if attention == "default":  # SDPA per sequence, never the T × T block mask of the whole pack
         assert module.model.net.config._attn_implementation == VARLEN_SDPA
         monkeypatch.setattr("mars.model.reward_model.block_mask", None)
@@ -117,14 +116,43 @@ def test_an_unknown_attention_implementation_names_the_setting(tmp_path):
         build("tiny_llama", tmp_path, "backbone.attn_implementation=flash_atention_2")
 
 
-def test_packing_is_refused_for_an_unverified_architecture(tmp_path, caplog):
-    """RoBERTa numbers positions from its padding index: not made exact by restarting position ids."""
-    from mars.config import ConfigError
+class Built(Exception):
+    """Raised where the model would be built: the run got past the packing check."""
 
-    roberta = TINY + ["backbone.model_type=roberta", "+backbone.config_overrides.vocab_size=30522",
-                      "data.packing=true", "trainer.max_epochs=1", "export=false"]
-    with pytest.raises(ConfigError, match="roberta the rewards of padded ones.*data.allow_unverified_packing=true"):
-        train(compose_config("train", roberta, tmp_path))
-    metrics, _ = train(compose_config("train", roberta + ["data.allow_unverified_packing=true"], tmp_path))
-    assert "roberta, an architecture whose packed rewards mars has not checked" in caplog.text
-    assert metrics["test/acc"] == metrics["test/acc"]
+
+def test_packing_is_refused_for_an_unverified_architecture(tmp_path, monkeypatch, caplog):
+    """train.py: an error naming the architecture, the checked ones and the override, before any
+    model is built; with the override the run goes on, with a warning."""
+    def build_reward_model(*args):
+        raise Built
+
+    monkeypatch.setattr("mars.lightning.module.build_reward_model", build_reward_model)
+    for packed in ("data.packing=true", "data.prefix_sharing=true"):
+        with pytest.raises(ConfigError, match=r"give roberta .*\(checked: bert, llama, qwen2, qwen3\).*"
+                                              r"data\.allow_unverified_packing=true"):
+            train(compose_config("train", TINY + ROBERTA + [packed], tmp_path))
+    forced = TINY + ROBERTA + ["data.packing=true", "data.allow_unverified_packing=true"]
+    with pytest.raises(Built):
+        train(compose_config("train", forced, tmp_path))
+    assert "packed batches on roberta, an architecture whose packed rewards mars has not checked" in caplog.text
+
+
+def test_eval_refuses_unverified_packing_unless_forced(tmp_path, caplog):
+    """eval.py's loader: refused before scoring; forced, it scores with a warning, and RoBERTa's
+    packed rewards are indeed not its padded ones (were they equal, roberta could join the list)."""
+    from mars.evaluation.models import load_scorer
+    from mars.model.export import export_reward_model
+
+    folder = export_reward_model(build("tiny", tmp_path, *ROBERTA), str(tmp_path / "export"))
+    with pytest.raises(ConfigError, match="give roberta "):
+        load_scorer(folder, packing=True)
+    pairs = demo_splits(8, 4, 8)["test"]
+    packed = load_scorer(folder, packing=True, allow_unverified_packing=True).pairs(pairs)
+    assert "packed batches on roberta, an architecture whose packed rewards mars has not checked" in caplog.text
+    assert np.abs(packed.r_chosen - load_scorer(folder).pairs(pairs).r_chosen).max() > 0.1
+
+
+def test_verified_architectures_pass_the_check_silently(caplog):
+    for model_type in PACKING_VERIFIED:
+        check_packing(model_type)
+    assert not caplog.records

@@ -70,6 +70,16 @@ def test_shared_scores_equal_unshared_with_lora_and_the_fast_modes(finetune, tmp
     np.testing.assert_allclose(shared.margins, alone.margins, atol=1e-4)
 
 
+def test_shared_scores_equal_unshared_on_qwen3(tmp_path):
+    """qwen3 is in PACKING_VERIFIED, which gates prefix sharing too."""
+    module = build("tiny_qwen3", tmp_path)
+    pairs = dialogues(12)
+    alone, shared = scores(module, pairs), scores(module, pairs, prefix_sharing=True)
+    np.testing.assert_allclose(shared.r_chosen, alone.r_chosen, atol=1e-4)
+    np.testing.assert_allclose(shared.r_rejected, alone.r_rejected, atol=1e-4)
+    assert np.std(alone.margins) > 1e-2
+
+
 def test_collator_layout():
     from mars.data.format import EncodedPair
 
