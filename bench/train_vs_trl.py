@@ -4,6 +4,7 @@
     .venv/bin/python bench/train_vs_trl.py --quick    # 48 train pairs, 40 held out (a smoke run)
     .venv/bin/python bench/train_vs_trl.py --packing --max-tokens 2304   # mars with data.packing=true
     .venv/bin/python bench/train_vs_trl.py --bf16     # both in bf16 autocast (mars: trainer.precision=bf16-mixed)
+    .venv/bin/python bench/train_vs_trl.py --parity --seeds 5   # held-out accuracy over seeds, paired
 
 Same model (the embedded all-MiniLM-L6-v2, `mars.model.backbone.resolve("minilm")`), same data
 (the first N HH-RLHF pairs of the shared file to train on; the last M pairs held out, never
@@ -20,6 +21,17 @@ count is then its token count (no padding). TRL keeps its padded batches of `--b
 `--bf16`: both frameworks train in bf16 autocast (mars `trainer.precision=bf16-mixed`, TRL
 `bf16=True`); held-out scoring stays as each framework does it after training.
 
+`--parity`: held-out accuracy rather than speed. For every seed s < `--seeds` (order reversed on odd
+seeds), four runs of the same recipe, each in its own process, with seed s in both frameworks (mars
+`seed=`, TRL `seed`/`data_seed`): TRL; mars padded; mars packed (`data.packing=true`); mars padded
+on TRL's pairs only (those whose both dialogues + EOS fit `--max-length`, the ones TRL does not
+drop), so that truncation is not the difference. All score the same held-out pairs. The parent
+prints each run's accuracy per seed (all held-out pairs, and those within TRL's limit), the
+seed-to-seed std, and for mars − TRL (and packed − padded mars) the mean paired difference with a
+95% interval from a bootstrap that resamples seeds and held-out pairs together (the same pairs
+for both sides of a difference). `--report FILE` prints that table again from a `--json` file
+(or its `.partial`).
+
 mars runs the real path: the composed `conf/train.yaml` with data=hh_rlhf_offline (data.path /
 val_path pointing at temporary HH-format copies of the chosen pairs), allocator=none
 augmenter=none, through `mars.cli.train.train(cfg)`. TRL gets the HH dialogues as they are (its
@@ -29,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -65,11 +76,11 @@ def worker_mars(args) -> dict:
         *C.QUIET,
     ], out_dir)
     t0 = time.perf_counter()
-    metrics, objs = train_script.train(cfg)
+    _, objs = train_script.train(cfg)
     total = time.perf_counter() - t0
     timer = C.find_callback(objs["trainer"], C.EpochTimer)
     ep = timer.epochs[0]
-    dm, module = objs["datamodule"], objs["model"]
+    dm = objs["datamodule"]
     # Held-out margins with mars's own scorer (`mars.model.scoring.Scorer`, the run's: eval batch 64,
     # packed like training under --packing); validation during fit is switched off
     # (limit_val_batches=0) so that the held-out set is scored once.
@@ -79,7 +90,7 @@ def worker_mars(args) -> dict:
     rc, rr = scores.r_chosen, scores.r_rejected
     return {
         "framework": "mars", "train_s": ep["train_s"], "train_cpu_s": ep["train_cpu_s"],
-        "fit_wall_s": total, "pairs": ep["pairs"], "pairs_offered": args.train,
+        "fit_wall_s": total, "pairs": ep["pairs"], "pairs_offered": train_size,
         "tokens": ep["tokens"], "padded_tokens": ep["padded"], "pad_fraction": ep["pad_fraction"],
         "batches": ep["batches"], "truncated_train": dm.truncated.get("train"),
         "truncated_heldout": dm.truncated.get("val"),
@@ -142,14 +153,15 @@ def worker_trl(args) -> dict:
     timer = Timer()
     # The shared recipe (see the docstring), or TRL as a user gets it (--trl-defaults): its own
     # learning rate, warm-up, clipping and gradient checkpointing.
-    recipe = {} if args.trl_defaults else dict(
-        learning_rate=5e-5, weight_decay=0.01, warmup_steps=0.1, lr_scheduler_type="linear", max_grad_norm=1.0,
-        center_rewards_coefficient=None, gradient_checkpointing=False, disable_dropout=True)
+    recipe = {} if args.trl_defaults else {
+        "learning_rate": 5e-5, "weight_decay": 0.01, "warmup_steps": 0.1, "lr_scheduler_type": "linear",
+        "max_grad_norm": 1.0, "center_rewards_coefficient": None, "gradient_checkpointing": False,
+        "disable_dropout": True}
     cfg = RewardConfig(
         output_dir=str(tmp / f"trl_out_{args.tag}"), per_device_train_batch_size=args.batch,
         num_train_epochs=1, max_length=args.max_length, report_to=[], use_cpu=True,
         bf16=args.bf16, fp16=False, save_strategy="no", eval_strategy="no", logging_steps=10**6,
-        dataloader_num_workers=0, disable_tqdm=True, seed=args.seed, **recipe,
+        dataloader_num_workers=0, disable_tqdm=True, seed=args.seed, data_seed=args.seed, **recipe,
         # MiniLM's BERT tokenizer has no EOS token, which TRL appends to standard-format text
         # (and fails on None): the BERT separator stands in for it.
         eos_token=tok.sep_token,
@@ -213,23 +225,18 @@ def prepare(args, tmp: Path) -> dict:
     with open(tmp / "trl.json", "w") as f:
         json.dump({"train": [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in train_rows],
                    "heldout": [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in held_rows]}, f)
-    kept = [r for r in train_rows if trl_fits(r, args.max_length)]
-    C.write_hh_jsonl_gz(kept, tmp / "train_kept.jsonl.gz")
-    args.kept_size = len(kept)
-    return {"train_ids": [p.id for p in train], "heldout_ids": [p.id for p in heldout], "trl_kept": len(kept)}
-
-
-def trl_fits(row: dict, max_length: int) -> bool:
-    """Whether TRL keeps a pair: both dialogues, with its EOS ([SEP] for MiniLM), within max_length."""
+    # The pairs TRL keeps (its filter: both dialogues + EOS, [SEP] for MiniLM, within max_length),
+    # for mars trained on them alone (--parity)
     from transformers import AutoTokenizer
 
     from mars.model.backbone import resolve
 
-    global _TOKENIZER
-    if "_TOKENIZER" not in globals():
-        _TOKENIZER = AutoTokenizer.from_pretrained(resolve("minilm"))
-    tok = _TOKENIZER
-    return all(len(tok(row[k] + tok.sep_token)["input_ids"]) <= max_length for k in ("chosen", "rejected"))
+    tok = AutoTokenizer.from_pretrained(resolve("minilm"))
+    kept = [r for r in train_rows if all(len(tok(r[k] + tok.sep_token)["input_ids"]) <= args.max_length
+                                         for k in ("chosen", "rejected"))]
+    C.write_hh_jsonl_gz(kept, tmp / "train_kept.jsonl.gz")
+    args.kept_size = len(kept)
+    return {"train_ids": [p.id for p in train], "heldout_ids": [p.id for p in heldout], "trl_kept": len(kept)}
 
 
 def run_worker(framework: str, args, tmp: Path, tag: str) -> dict:
@@ -241,7 +248,7 @@ def run_worker(framework: str, args, tmp: Path, tag: str) -> dict:
     cmd += ["--max-tokens", str(args.max_tokens)] + (["--packing"] if args.packing else []) + (["--bf16"] if args.bf16 else [])
     cmd += ["--seed", str(args.seed), "--kept-size", str(args.kept_size)] + (["--kept"] if args.kept else [])
     with C.Measure(f"{framework} process (load + tokenise + train + held-out scoring)") as m:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"{framework} worker failed ({proc.returncode})")
@@ -275,8 +282,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=2304, help="data.max_tokens_per_batch under --packing")
     ap.add_argument("--bf16", action="store_true",
                     help="both in bf16 autocast: mars trainer.precision=bf16-mixed, TRL bf16=True")
-    ap.add_argument("--parity", type=int, default=0, metavar="SEEDS",
-                    help="held-out accuracy over SEEDS seeds: TRL, mars padded, packed, and padded on TRL's kept pairs")
+    ap.add_argument("--parity", action="store_true",
+                    help="held-out accuracy over --seeds seeds: TRL, mars padded, packed, and padded on TRL's pairs")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 under --parity")
+    ap.add_argument("--report", metavar="JSON", help="print the --parity table of a --json file (or its .partial)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--kept", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--kept-size", type=int, default=0, help=argparse.SUPPRESS)
@@ -291,6 +300,9 @@ def main() -> None:
         return
     if args.quick:
         args.train, args.heldout = 48, 40
+    if args.report:
+        with open(args.report) as f:
+            return parity_report(json.load(f)["runs"])
     if args.parity:
         return parity(args)
     load0 = C.begin()
@@ -387,69 +399,109 @@ def main() -> None:
           f"loadavg {C.fmt_load(load0)} → {C.fmt_load(load1)}")
 
 
-PARITY_MODES = {"padded": {}, "packed": {"packing": True}, "kept pairs": {"kept": True}}
+# ---------------------------------------------------------------------------------------------
+# --parity: held-out accuracy over seeds
 
-
-def paired_difference(ours: list, theirs: list, mask, draws: int = 2000, seed: int = 0) -> dict:
-    """Mean over seeds of mars − TRL held-out accuracy (seed s against seed s), with a 95% interval
-    from resampling seeds and held-out pairs together (the same pairs for both sides)."""
-    import numpy as np
-
-    keep = np.flatnonzero(mask)
-    a = np.array([np.asarray(m)[keep] > 0 for m in ours], dtype=float)  # [seeds, pairs] correct
-    b = np.array([np.asarray(m)[keep] > 0 for m in theirs], dtype=float)
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(draws):
-        s, p = rng.integers(0, len(a), len(a)), rng.integers(0, a.shape[1], a.shape[1])
-        boot.append((a[s][:, p] - b[s][:, p]).mean())
-    return {"mean": float((a - b).mean()), "lo": float(np.percentile(boot, 2.5)), "hi": float(np.percentile(boot, 97.5)),
-            "ours": a.mean(1).tolist(), "theirs": b.mean(1).tolist(), "pairs": len(keep)}
+# The same recipe in every run; only what mars is fed, and how it is batched, differs.
+PARITY = {"TRL": ("trl", {}), "mars padded": ("mars", {}), "mars packed": ("mars", {"packing": True}),
+          "mars on TRL's pairs": ("mars", {"kept": True})}
+DIFFERENCES = [("mars padded", "TRL"), ("mars packed", "TRL"), ("mars on TRL's pairs", "TRL"),
+               ("mars packed", "mars padded")]
 
 
 def parity(args) -> None:
-    """TRL and each mars mode on seeds 0..N−1 (order alternating by seed), paired by seed."""
-    import numpy as np
-
-    load0 = C.begin()
-    runs = {"trl": []} | {m: [] for m in PARITY_MODES}
+    """Every PARITY run on seeds 0..N−1 (order reversed on odd seeds, so neither side always runs
+    first), then the table of `parity_report`."""
+    load0, t0 = C.begin(), time.perf_counter()
+    runs = {name: [] for name in PARITY}
     with tempfile.TemporaryDirectory(prefix="mars_bench_parity_") as d:
         tmp = Path(d)
         ids = prepare(args, tmp)
         print(f"parity: {args.train} train pairs ({ids['trl_kept']} within TRL's limit), {args.heldout} held out, "
-              f"seeds 0..{args.parity - 1}; loadavg {C.fmt_load(load0)}", flush=True)
-        for seed in range(args.parity):
-            order = [("trl", {})] + list(PARITY_MODES.items())
-            for name, mode in (order if seed % 2 == 0 else order[::-1]):
+              f"seeds 0..{args.seeds - 1}, packed batches of {args.max_tokens} tokens; loadavg {C.fmt_load(load0)}",
+              flush=True)
+        for seed in range(args.seeds):
+            order = list(enumerate(PARITY))
+            for k, name in order if seed % 2 == 0 else order[::-1]:
+                framework, mode = PARITY[name]
                 run_args = argparse.Namespace(**{**vars(args), "seed": seed, "packing": False, "kept": False, **mode})
-                res = run_worker("trl" if name == "trl" else "mars", run_args, tmp, f"s{seed}_{name.replace(' ', '_')}")
+                res = run_worker(framework, run_args, tmp, f"s{seed}_{k}")
                 runs[name].append(res)
-                print(f"  seed {seed} {name}: held-out acc {acc(res['heldout_margins']):.4f}, "
-                      f"{res['pairs']} pairs trained in {res['train_s']:.1f} s", flush=True)
-                if args.json:
-                    C.write_json(args.json + ".partial", {"args": vars(args), "runs": runs})
-    fits = runs["trl"][0]["heldout_fits"]
-    every = [True] * len(fits)
-    margins = {k: [r["heldout_margins"] for r in v] for k, v in runs.items()}
-    table = {}
-    for name in PARITY_MODES:
-        table[f"mars {name} − TRL"] = {"all": paired_difference(margins[name], margins["trl"], every),
-                                       "within TRL's limit": paired_difference(margins[name], margins["trl"], fits)}
-    table["mars packed − mars padded"] = {"all": paired_difference(margins["packed"], margins["padded"], every),
-                                          "within TRL's limit": paired_difference(margins["packed"], margins["padded"],
-                                                                                  fits)}
-    print(f"\n{'':30}{'accuracy per seed (mars | other)':>44}   mean difference [95% interval]")
-    for label, cols in table.items():
-        for part, r in cols.items():
-            per_seed = " ".join(f"{x:.3f}" for x in r["ours"]) + " | " + " ".join(f"{x:.3f}" for x in r["theirs"])
-            print(f"{label:30}{part + ' (' + str(r['pairs']) + ')':>22} {per_seed}   "
-                  f"{r['mean']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]")
-    spread = {k: float(np.std([acc(m) for m in v], ddof=1)) for k, v in margins.items()}
-    print("seed-to-seed std of held-out accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in spread.items()))
-    print("uninformative pairs left out by mars (train, val): "
-          f"{runs['padded'][0]['uninformative'].get('train')}, {runs['padded'][0]['uninformative'].get('val')}")
-    C.write_json(args.json, {"args": vars(args), "table": table, "std": spread, "runs": runs, "ids": ids,
+                print(f"  seed {seed} {name}: held-out acc {acc(res['heldout_margins']):.4f}, {res['pairs']} pairs "
+                      f"trained in {res['train_s']:.1f} s ({res['process_s']:.0f} s in all)", flush=True)
+                if args.json:  # every finished run kept, should the next one be interrupted
+                    C.write_json(args.json + ".partial", {"args": vars(args), "runs": runs, "ids": ids})
+    # Margins are paired by position: mars scored the held-out file in its order, as TRL did; and
+    # TRL dropped exactly the pairs that "mars on TRL's pairs" left out.
+    assert all(r["heldout_ids"] == [f"hh_rlhf-{i}" for i in range(args.heldout)]
+               for name, (fw, _) in PARITY.items() if fw == "mars" for r in runs[name])
+    assert all(r["pairs_kept"] == ids["trl_kept"] for r in runs["TRL"])
+    report = parity_report(runs)
+    print(f"SUMMARY train_vs_trl --parity: {args.seeds} seeds × {len(PARITY)} runs in "
+          f"{(time.perf_counter() - t0) / 60:.1f} min; loadavg {C.fmt_load(load0)} → {C.fmt_load(C.loadavg())}")
+    C.write_json(args.json, {"args": vars(args), "report": report, "runs": runs, "ids": ids,
                              "machine": C.machine(), "load": [load0, C.loadavg()]})
+
+
+def paired_difference(a, b, draws: int = 10_000, seed: int = 0) -> dict:
+    """a − b held-out accuracy, from [seeds, pairs] arrays of correct (margin > 0) paired by seed:
+    per seed, its mean, the seed-to-seed std, and a 95% interval from a bootstrap that draws seeds
+    and held-out pairs with replacement (one draw for both sides, so the pairing is kept)."""
+    import numpy as np
+
+    d = a.astype(float) - b
+    rng = np.random.default_rng(seed)
+    s, p = rng.integers(0, d.shape[0], (draws, d.shape[0])), rng.integers(0, d.shape[1], (draws, d.shape[1]))
+    boot = [d[si][:, pi].mean() for si, pi in zip(s, p)]
+    per_seed = d.mean(1)
+    return {"per_seed": per_seed.tolist(), "mean": float(d.mean()), "std": std(per_seed),
+            "lo": float(np.percentile(boot, 2.5)), "hi": float(np.percentile(boot, 97.5))}
+
+
+def std(xs) -> float:
+    import numpy as np
+
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else float("nan")
+
+
+def parity_report(runs: dict) -> dict:
+    """Print accuracy per seed and the DIFFERENCES, on all held-out pairs and on those within
+    TRL's limit; the same figures returned for the JSON."""
+    import numpy as np
+
+    seeds = min(len(rs) for rs in runs.values())  # of a .partial file: the seeds every run finished
+    fits = np.array(runs["TRL"][0]["heldout_fits"])
+    subsets = {"all": np.ones(len(fits), bool), "within TRL's limit": fits}
+    # correct: margin > 0, so a tie (the 0 of a pair mars found uninformative) counts against
+    correct = {name: np.array([r["heldout_margins"] for r in rs[:seeds]]) > 0 for name, rs in runs.items()}
+    report = {"seeds": seeds, "pairs": {sub: int(mask.sum()) for sub, mask in subsets.items()},
+              "accuracy": {}, "differences": {}}
+    cols = "".join(f"{f'seed {s}':>8}" for s in range(seeds))
+    print(f"\n{'held-out accuracy':51}{cols}{'mean':>8}{'std':>8}")
+    for name, c in correct.items():
+        for k, (sub, mask) in enumerate(subsets.items()):
+            per_seed = c[:, mask].mean(1)
+            r = {"per_seed": per_seed.tolist(), "mean": float(per_seed.mean()), "std": std(per_seed)}
+            report["accuracy"].setdefault(name, {})[sub] = r
+            print(f"{name if k == 0 else '':27}{f'{sub} ({mask.sum()})':24}" + "".join(f"{x:8.3f}" for x in per_seed)
+                  + f"{r['mean']:8.3f}{r['std']:8.3f}")
+    print(f"\n{'paired difference':51}{cols}{'mean':>8}{'std':>8}   95% interval (seeds × pairs bootstrap)")
+    for ours, theirs in DIFFERENCES:
+        for k, (sub, mask) in enumerate(subsets.items()):
+            r = paired_difference(correct[ours][:, mask], correct[theirs][:, mask])
+            report["differences"].setdefault(f"{ours} − {theirs}", {})[sub] = r
+            print(f"{f'{ours} − {theirs}' if k == 0 else '':27}{f'{sub} ({mask.sum()})':24}"
+                  + "".join(f"{x:+8.3f}" for x in r["per_seed"])
+                  + f"{r['mean']:+8.3f}{r['std']:8.3f}   [{r['lo']:+.3f}, {r['hi']:+.3f}]")
+    print()
+    for name, rs in runs.items():
+        r = rs[0]
+        data = f"{r['pairs_kept']} of {r['pairs_offered']} pairs kept (the rest over its limit)" if name == "TRL" else \
+            (f"{r['pairs']} pairs trained, {r['truncated_train']} truncated; left out as uninformative after "
+             f"truncation: {r['uninformative'].get('train', 0)} train, {r['uninformative'].get('val', 0)} held out")
+        print(f"  {name}: {data}; {r['batches']} batches; per run {C.median([x['train_s'] for x in rs]):.0f} s "
+              f"training, {C.median([x['process_s'] for x in rs]):.0f} s in all (median)")
+    return report
 
 
 if __name__ == "__main__":
