@@ -57,7 +57,6 @@ import re
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import _common as C
@@ -84,52 +83,6 @@ PEAK_BF16 = ((r"H200", 989e12), (r"H100.*(SXM|HBM3)", 989e12), (r"H100 PCIe", 75
 
 MODES = ("padded", "packed", "prefix_shared")
 ATTENTIONS = ("sdpa", "flex_attention", "flash_attention_2")
-
-
-# ---------------------------------------------------------------------------------------------
-# mars without Hydra
-
-class _InertStore:
-    """Takes the schema registration mars.config makes at import."""
-
-    @classmethod
-    def instance(cls):
-        return cls()
-
-    def store(self, **kwargs) -> None:
-        pass
-
-
-# the modules standing in for each missing package
-STAND_INS = {"omegaconf": ("omegaconf",), "hydra.core.config_store": ("hydra", "hydra.core", "hydra.core.config_store")}
-
-
-def import_mars_config() -> None:
-    """mars.config imports omegaconf and registers its schemas with Hydra's ConfigStore when
-    imported. The GPU machine has neither package, and this script builds mars's config
-    dataclasses directly, so inert stand-ins for the missing ones serve that import alone and are
-    taken out of `sys.modules` afterwards (nothing else sees them)."""
-    names = []
-    for package, modules in STAND_INS.items():
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            names += modules
-    saved = {n: sys.modules[n] for n in names if n in sys.modules}
-    for n in names:
-        sys.modules[n] = types.ModuleType(n)
-    if "omegaconf" in names:
-        sys.modules["omegaconf"].DictConfig = sys.modules["omegaconf"].OmegaConf = None
-    if "hydra.core.config_store" in names:
-        sys.modules["hydra.core.config_store"].ConfigStore = _InertStore
-    try:
-        importlib.import_module("mars.config")
-    finally:
-        for n in names:
-            if n in saved:
-                sys.modules[n] = saved[n]
-            else:
-                del sys.modules[n]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,7 +513,6 @@ def main() -> int:
         args.pairs, args.warmup, args.steps = 4, 1, 2
         args.eval_pairs, args.eval_batch, args.eval_tokens = 24, 8, 4096
     C.quiet_logging()
-    import_mars_config()
     if args.write_lengths:
         write_lengths(args.write_lengths)
         return 0

@@ -8,9 +8,10 @@ the constructor they name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+if TYPE_CHECKING:  # plain dataclasses at import: the model and data layers run without Hydra
+    from omegaconf import DictConfig
 
 
 class ConfigError(ValueError):
@@ -245,11 +246,10 @@ def register_schemas() -> None:
         store.store(group=group, name="schema", node=schema)
 
 
-register_schemas()
-
-
 def typed(cfg: DictConfig, group: str):
     """The group `group` of `cfg` as its dataclass; unknown keys and bad values raise."""
+    from omegaconf import OmegaConf
+
     schema = SCHEMAS[group]
     try:
         node = OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=False)

@@ -16,7 +16,10 @@ import hydra
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mars.config import register_schemas
 from mars.lightning.callbacks import DIGEST_KEY
+
+register_schemas()  # before anything composes train.yaml, whose groups start from the schemas
 
 log = logging.getLogger(__name__)
 
