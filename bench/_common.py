@@ -234,12 +234,21 @@ def quiet_logging() -> None:
 def batch_tokens(batch: dict) -> tuple[int, int]:
     """(non-padding tokens, token slots) of a batch. Padded batches: the attention mask's sum and
     size. Packed batches (`data.packing`: one row, `seq_lengths`) have no padding: both are
-    `input_ids.numel()`."""
-    if "seq_lengths" in batch:
+    `input_ids.numel()`. Prefix-shared batches (`segments`) too: their tokens are those computed,
+    each shared prefix once (`useful_tokens` counts it twice, as a trainer without sharing does)."""
+    if "seq_lengths" in batch or "segments" in batch:
         n = int(batch["input_ids"].numel())
         return n, n
     mask = batch["attention_mask"]
     return int(mask.sum()), int(mask.numel())
+
+
+def useful_tokens(batch: dict) -> int:
+    """Both sequences of every pair in a batch, each counted whole (as TRL counts them)."""
+    if "segments" in batch:
+        prefix, chosen, rejected = batch["segments"].long().sum(0).tolist()
+        return 2 * prefix + chosen + rejected
+    return batch_tokens(batch)[0]
 
 
 class EpochTimer(L.Callback):
@@ -250,7 +259,7 @@ class EpochTimer(L.Callback):
     optimiser and scheduler steps and per-step logging; it excludes model loading, tokenisation
     (done once in `setup`), and everything between two epochs: the module's epoch-end metrics and
     the next epoch's `train_dataloader()`, where the MARS round is built (see `RoundTimer`). Also:
-    pairs, sequences, non-padding and
+    pairs, sequences, non-padding (computed), useful (`useful_tokens`) and
     padded token counts, loadavg at the epoch's start and end. With `memory=True` an RSS sampler
     runs from on_train_start to on_train_end.
     """
@@ -279,12 +288,13 @@ class EpochTimer(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self._cur = {"epoch": trainer.current_epoch, "t0": time.perf_counter(), "c0": time.process_time(),
                      "val_s": 0.0, "val_cpu_s": 0.0,
-                     "pairs": 0, "tokens": 0, "padded": 0, "batches": 0, "load_start": loadavg()}
+                     "pairs": 0, "tokens": 0, "useful": 0, "padded": 0, "batches": 0, "load_start": loadavg()}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         tokens, slots = batch_tokens(batch)
         self._cur["pairs"] += int(batch["index"].numel())
         self._cur["tokens"] += tokens
+        self._cur["useful"] += useful_tokens(batch)
         self._cur["padded"] += slots
         self._cur["batches"] += 1
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -85,7 +86,8 @@ def test_the_length_table_is_what_the_formatter_makes_of_the_shared_pairs(monkey
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
     gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
+    with mock.patch.dict(os.environ):  # bench's defaults (TRANSFORMERS_VERBOSITY=error) stay out of later tests
+        spec.loader.exec_module(gpu)
     try:
         live = gpu.hh_lengths(8)
     except FileNotFoundError as e:  # the embedded SmolLM2 is not installed

@@ -67,25 +67,19 @@ class FitGuard(L.Callback):
 
 class LoadReport(logging.Filter):
     """Takes transformers' weight-loading table (a WARNING whenever a head starts fresh) off the
-    log and keeps its MISSING and UNEXPECTED keys; a table with any other status passes."""
+    log when it lists only MISSING and UNEXPECTED keys: the model line says those, from the
+    network's `loading_info`. A table with any other status passes."""
 
     LOGGER = "transformers.modeling_utils"
     ROW = re.compile(r"^\s*(\S+)\s*\|\s*([A-Z]+)\s*\|")
-
-    def __init__(self):
-        super().__init__()
-        self.keys: dict[str, list[str]] = {"MISSING": [], "UNEXPECTED": []}
+    SAID = ("MISSING", "UNEXPECTED")
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(record.msg))
         if "LOAD REPORT" not in text:
             return True
         rows = [m.groups() for m in map(self.ROW.match, text.splitlines()) if m and m.group(1) != "Key"]
-        if any(status not in self.keys for _, status in rows):
-            return True  # mismatched shapes, conversions: transformers' own words
-        for key, status in rows:
-            self.keys[status].append(key)
-        return False
+        return any(status not in self.SAID for _, status in rows)  # mismatched shapes: transformers' words
 
 
 def _count(n: int) -> str:
@@ -118,7 +112,9 @@ class RunSummary(L.Callback):
         cfg, model = module.backbone_cfg, module.model
         total = sum(p.numel() for p in module.parameters())
         trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        missing, unused = self.loading.keys["MISSING"], self.loading.keys["UNEXPECTED"]
+        net = getattr(model, "net", model)
+        info = getattr(net, "loading_info", {})  # peft's wrapper hands the attribute through
+        missing, unused = info.get("missing_keys", []), info.get("unexpected_keys", [])
         head = getattr(model, "head_path", "")
         if cfg.random_init or cfg.model_type:
             weights = "random weights (backbone.random_init)"

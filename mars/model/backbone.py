@@ -98,16 +98,18 @@ def model_config(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase):
 
 def load_network(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase, **kwargs) -> PreTrainedModel:
     """`AutoModelForSequenceClassification` (num_labels=1, pad_token_id set and checked), its
-    embeddings grown to the tokenizer's vocabulary when mars added a pad token."""
+    embeddings grown to the tokenizer's vocabulary when mars added a pad token. `net.loading_info`
+    holds the checkpoint keys the network missed and left unused (empty for random weights)."""
     config = model_config(cfg, tokenizer)
+    info = {"missing_keys": [], "unexpected_keys": []}
     try:
         if cfg.random_init or cfg.model_type:
             net = AutoModelForSequenceClassification.from_config(
                 config, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
         else:
-            net = AutoModelForSequenceClassification.from_pretrained(
+            net, info = AutoModelForSequenceClassification.from_pretrained(
                 resolve(cfg.name_or_path), config=config, trust_remote_code=cfg.trust_remote_code,
-                attn_implementation=cfg.attn_implementation, **kwargs)
+                attn_implementation=cfg.attn_implementation, output_loading_info=True, **kwargs)
     except (ValueError, ImportError) as e:  # an unknown name, or flash-attn not installed
         if cfg.attn_implementation and any(w in str(e).lower() for w in ("attn", "flash", "attention")):
             raise type(e)(f"backbone.attn_implementation={cfg.attn_implementation}: {e}") from e
@@ -120,6 +122,7 @@ def load_network(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase, **kwar
                          f"{tokenizer.pad_token_id}, got {net.config.num_labels} and {net.config.pad_token_id}")
     if cfg.dropout is not None:
         set_dropout(net, cfg.dropout)
+    net.loading_info = {k: sorted(info[k]) for k in ("missing_keys", "unexpected_keys")}
     return net
 
 
