@@ -30,7 +30,7 @@ prints each run's accuracy per seed (all held-out pairs, and those within TRL's 
 seed-to-seed std, and for mars − TRL (and packed − padded mars) the mean paired difference with a
 95% interval from a bootstrap that resamples seeds and held-out pairs together (the same pairs
 for both sides of a difference). `--report FILE` prints that table again from a `--json` file
-(or its `.partial`).
+(or its `.partial`); `--resume FILE` runs only the seeds that file has not finished.
 
 mars runs the real path: the composed `conf/train.yaml` with data=hh_rlhf_offline (data.path /
 val_path pointing at temporary HH-format copies of the chosen pairs), allocator=none
@@ -286,6 +286,7 @@ def main() -> None:
                     help="held-out accuracy over --seeds seeds: TRL, mars padded, packed, and padded on TRL's pairs")
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 under --parity")
     ap.add_argument("--report", metavar="JSON", help="print the --parity table of a --json file (or its .partial)")
+    ap.add_argument("--resume", metavar="JSON", help="--parity: keep the seeds this --json file (or .partial) finished")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--kept", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--kept-size", type=int, default=0, help=argparse.SUPPRESS)
@@ -414,13 +415,22 @@ def parity(args) -> None:
     first), then the table of `parity_report`."""
     load0, t0 = C.begin(), time.perf_counter()
     runs = {name: [] for name in PARITY}
+    if args.resume:  # the seeds a previous run (its --json or .partial) finished, with the same recipe
+        with open(args.resume) as f:
+            before = json.load(f)
+        same = ("train", "heldout", "max_length", "batch", "max_tokens", "bf16", "trl_defaults")
+        changed = [k for k in same if before["args"].get(k) != vars(args)[k]]
+        if changed:
+            raise SystemExit(f"--resume {args.resume}: other settings ({', '.join(changed)}); run with those")
+        done = min(len(rs) for rs in before["runs"].values())
+        runs = {name: before["runs"][name][:done] for name in PARITY}
     with tempfile.TemporaryDirectory(prefix="mars_bench_parity_") as d:
         tmp = Path(d)
         ids = prepare(args, tmp)
         print(f"parity: {args.train} train pairs ({ids['trl_kept']} within TRL's limit), {args.heldout} held out, "
               f"seeds 0..{args.seeds - 1}, packed batches of {args.max_tokens} tokens; loadavg {C.fmt_load(load0)}",
               flush=True)
-        for seed in range(args.seeds):
+        for seed in range(min(len(rs) for rs in runs.values()), args.seeds):
             order = list(enumerate(PARITY))
             for k, name in order if seed % 2 == 0 else order[::-1]:
                 framework, mode = PARITY[name]

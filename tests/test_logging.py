@@ -64,6 +64,33 @@ def pretrained_tiny(folder) -> str:
     return str(folder)
 
 
+def test_the_model_line_does_not_depend_on_transformers_verbosity(tmp_path, caplog):
+    """Whether the head started fresh comes from the load itself: with transformers' own log
+    silenced (TRANSFORMERS_VERBOSITY=error) the line still says so."""
+    import logging
+
+    import transformers
+
+    from mars.config import validate
+    from mars.lightning.callbacks import RunSummary
+    from mars.lightning.module import RewardModule
+
+    model = pretrained_tiny(tmp_path / "model")
+    typed = validate(compose_config("train", TINY + [f"backbone.name_or_path={model}", "backbone.random_init=false"],
+                                    tmp_path))
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        module = RewardModule(typed["backbone"], typed["finetune"], typed["optim"], typed["loss"])
+        module.configure_model()
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    with caplog.at_level(logging.INFO, logger="mars.train"):
+        RunSummary().log_model(module)
+    (line,) = [r.getMessage() for r in caplog.records if "reward model:" in r.getMessage()]
+    assert line.endswith("head initialised fresh"), line
+
+
 def test_default_run_log_reads_clean(tmp_path):
     """`python train.py` as a user runs it, on a tiny from_pretrained model: no eval-mode,
     deprecation, false sequence-length or cloud-logging warnings, no load table, no metric dump;
