@@ -146,6 +146,11 @@ def test_eval_refuses_unverified_packing_unless_forced(tmp_path, caplog):
     folder = export_reward_model(build("tiny", tmp_path, *ROBERTA), str(tmp_path / "export"))
     with pytest.raises(ConfigError, match="give roberta "):
         load_scorer(folder, packing=True)
+    from mars.serve.api import RewardAPI  # the server's keys are its own, top-level ones
+
+    with pytest.raises(ConfigError, match=r"^packing: .* Use packing=false, or force it unverified with "
+                                          r"allow_unverified_packing=true$"):
+        RewardAPI(folder, max_items=8, packing=True).setup("cpu")
     pairs = demo_splits(8, 4, 8)["test"]
     packed = load_scorer(folder, packing=True, allow_unverified_packing=True).pairs(pairs)
     assert "packed batches on roberta, an architecture whose packed rewards mars has not checked" in caplog.text

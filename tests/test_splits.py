@@ -11,7 +11,7 @@ import pytest
 from mars.config import DataConfig, typed
 from mars.data.records import DataFormatError, PreferencePair
 from mars.data.splits import check_disjoint, check_no_heldout_leak, load_splits, split_pool
-from tests.conftest import TINY, compose_config, require_data
+from tests.conftest import compose_config, require_data
 
 
 def write(path, rows):

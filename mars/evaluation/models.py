@@ -33,11 +33,13 @@ def resolve_model(path: str) -> tuple[str, list[dict]]:
 
 
 def load_scorer(model: str, max_length: Optional[int] = None, batch_size: int = 64, packing: bool = False,
-                max_tokens: int = 4096, prefix_sharing: bool = False, allow_unverified_packing: bool = False) -> Scorer:
-    """The one scorer over a `.ckpt`, an export folder or a Hub name (its own max length unless given)."""
+                max_tokens: int = 4096, prefix_sharing: bool = False, allow_unverified_packing: bool = False,
+                scope: str = "data.") -> Scorer:
+    """The one scorer over a `.ckpt`, an export folder or a Hub name (its own max length unless given);
+    `scope`: where the caller's packing keys live, for the error that names them."""
     loaded = load_for_eval(model, max_length)
     if packing or prefix_sharing:
-        check_packing(loaded.model.config.model_type, allow_unverified_packing)
+        check_packing(loaded.model.config.model_type, allow_unverified_packing, scope)
     bb = loaded.backbone_cfg
     return Scorer(PairFormatter.of(loaded.tokenizer, bb), loaded.tokenizer.pad_token_id, loaded.model, batch_size,
                   packing=packing, max_tokens=max_tokens, prefix_sharing=prefix_sharing)

@@ -65,20 +65,22 @@ def is_decoder(config) -> bool:
 PACKING_VERIFIED = ("bert", "llama", "qwen2", "qwen3")
 
 
-def check_packing(model_type: str, allow_unverified: bool = False) -> None:
-    """Packed batches only for an architecture checked to score them exactly (or when forced)."""
+def check_packing(model_type: str, allow_unverified: bool = False, scope: str = "data.") -> None:
+    """Packed batches only for an architecture checked to score them exactly (or when forced);
+    `scope`: where the caller's packing keys live ("data." for train.py and eval.py, "" for the server)."""
     if model_type in PACKING_VERIFIED:
         return
     if allow_unverified:
         log.warning("packed batches on %s, an architecture whose packed rewards mars has not checked against padded "
-                    "ones (data.allow_unverified_packing=true): compare a few rewards with data.packing=false",
-                    model_type)
+                    "ones (%sallow_unverified_packing=true): compare a few rewards with %spacking=false",
+                    model_type, scope, scope)
         return
-    raise ConfigError(f"data.packing / data.prefix_sharing: mars has not checked that packed batches give {model_type} "
+    keys = f"{scope}packing" + (f" / {scope}prefix_sharing" if scope else "")
+    off = f"{scope}packing=false" + (f" {scope}prefix_sharing=false" if scope else "")
+    raise ConfigError(f"{keys}: mars has not checked that packed batches give {model_type} "
                       f"the rewards of padded ones (checked: {', '.join(PACKING_VERIFIED)}); position ids and "
                       "per-sequence attention do not make every architecture exact (RoBERTa's positions, linear-"
-                      "attention layers). Use data.packing=false data.prefix_sharing=false, or force it unverified "
-                      "with data.allow_unverified_packing=true")
+                      f"attention layers). Use {off}, or force it unverified with {scope}allow_unverified_packing=true")
 
 
 def model_config(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase):

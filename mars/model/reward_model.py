@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mars.config import ConfigError
-from mars.model.attention import VARLEN_SDPA, prefix_shared_block_mask, prefix_shared_mask
+from mars.model.attention import VARLEN_SDPA, prefix_shared_block_mask, prefix_shared_mask, rejected_masks
 
 
 class Trunk(Protocol):
@@ -137,6 +137,8 @@ class RewardModel(nn.Module):
             width = int(seq_lengths.max())
             kwargs.update(attention_mask=None, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
                           max_length_q=width, max_length_k=width)
+            if implementation == VARLEN_SDPA:
+                kwargs["packed_lengths"] = seq_lengths.tolist()
         else:
             kwargs["attention_mask"] = additive_mask(block_mask(seq_lengths, causal=self.decoder), self.net.dtype)
         hidden = self.net.base_model(input_ids=input_ids, position_ids=position_ids, **kwargs).last_hidden_state[0]
@@ -149,7 +151,9 @@ class RewardModel(nn.Module):
         """φ of every pair's chosen, then every pair's rejected side, of one prefix-shared row."""
         implementation = self.net.config._attn_implementation
         if implementation == VARLEN_SDPA:
-            kwargs = {"attention_mask": None, "prefix_segments": segments.tolist()}
+            segs = segments.tolist()
+            kwargs = {"attention_mask": None, "prefix_segments": segs,
+                      "prefix_masks": rejected_masks(segs, input_ids.device)}
         elif implementation == "eager":
             kwargs = {"attention_mask": additive_mask(prefix_shared_mask(segments, position_ids), self.net.dtype)}
         elif implementation == "flex_attention":

@@ -15,6 +15,7 @@ from mars.serve.api import CheckRequests, RewardAPI
 def server(cfg: DictConfig) -> ls.LitServer:
     model, _ = resolve_model(cfg.model)
     api = RewardAPI(model, cfg.max_items, cfg.max_length, cfg.batch_size, cfg.packing, cfg.max_tokens, cfg.bf16,
+                    cfg.allow_unverified_packing,
                     max_batch_size=cfg.max_batch_size, batch_timeout=cfg.batch_timeout, api_path=cfg.api_path)
     check = (CheckRequests, {"path": cfg.api_path, "max_items": cfg.max_items, "max_bytes": cfg.max_body_bytes,
                              "token_env": cfg.token_env})

@@ -18,13 +18,16 @@ from mars.serve.protocol import RequestError, answer, parse_request
 
 class RewardAPI(ls.LitAPI):
     def __init__(self, model: str, max_items: int, max_length: Optional[int] = None, batch_size: int = 16,
-                 packing: bool = False, max_tokens: int = 4096, bf16: bool = True, **kwargs):
+                 packing: bool = False, max_tokens: int = 4096, bf16: bool = True, allow_unverified_packing: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.model, self.max_items, self.max_length = model, max_items, max_length
         self.batch_size, self.packing, self.max_tokens, self.bf16 = batch_size, packing, max_tokens, bf16
+        self.allow_unverified_packing = allow_unverified_packing
 
     def setup(self, device: str) -> None:
-        self.scorer = load_scorer(self.model, self.max_length, self.batch_size, self.packing, self.max_tokens)
+        self.scorer = load_scorer(self.model, self.max_length, self.batch_size, self.packing, self.max_tokens,
+                                  allow_unverified_packing=self.allow_unverified_packing, scope="")
         model = self.scorer.model.to(device)
         if self.bf16 and device.startswith("cuda"):
             model.to(torch.bfloat16)
