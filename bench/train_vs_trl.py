@@ -3,6 +3,7 @@
     .venv/bin/python bench/train_vs_trl.py            # full: 512 train pairs, 500 held out
     .venv/bin/python bench/train_vs_trl.py --quick    # 48 train pairs, 40 held out (a smoke run)
     .venv/bin/python bench/train_vs_trl.py --packing --max-tokens 2304   # mars with data.packing=true
+    .venv/bin/python bench/train_vs_trl.py --backbone smollm2 --mars padded,packed,prefix_shared   # a decoder
     .venv/bin/python bench/train_vs_trl.py --bf16     # both in bf16 autocast (mars: trainer.precision=bf16-mixed)
     .venv/bin/python bench/train_vs_trl.py --parity --seeds 5   # held-out accuracy over seeds, paired
 
@@ -20,6 +21,22 @@ no cross-talk); the parent prints the table.
 count is then its token count (no padding). TRL keeps its padded batches of `--batch` pairs.
 `--bf16`: both frameworks train in bf16 autocast (mars `trainer.precision=bf16-mixed`, TRL
 `bf16=True`); held-out scoring stays as each framework does it after training.
+
+`--mars MODES`: the mars runs beside TRL's, any of `padded`, `packed` (`data.packing=true`) and
+`prefix_shared` (`data.prefix_sharing=true`: each pair one sequence, its common prefix computed
+once; decoders only), each in its own process, in an order that alternates between repeats.
+Useful tokens count both sequences of a pair whole, as TRL computes them; computed tokens are
+what the model ran (padding excluded), so prefix sharing computes fewer than it uses. The table
+gives the share of useful tokens the sharing saves, predicted from the pairs (their common
+prefixes), against the speed-up measured over packed batches.
+
+`--backbone smollm2`: the decoder SmolLM2-135M-Instruct (embedded) instead of MiniLM, on
+`--dataset hh_rlhf` or `ultrafeedback` pairs; `--layers K` keeps its first K of 30 layers (the
+checkpoint's weights, in both frameworks) for a shorter run. Both frameworks get the network and
+tokenizer as mars loads them (`mars.model.backbone`: a dedicated pad token, as a pad equal to EOS
+would move the reward), and the same conversations: TRL's conversational format (its
+`apply_chat_template`), mars's pairs through the model's chat template, so that each side's ids
+are equal where neither truncates.
 
 `--parity`: held-out accuracy rather than speed. For every seed s < `--seeds` (order reversed on odd
 seeds), four runs of the same recipe, each in its own process, with seed s in both frameworks (mars
@@ -40,6 +57,7 @@ augmenter=none, through `mars.cli.train.train(cfg)`. TRL gets the HH dialogues a
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import subprocess
 import sys
@@ -63,15 +81,18 @@ def worker_mars(args) -> dict:
     out_dir = tmp / f"mars_run_{args.tag}"
     train_file, train_size = (tmp / "train_kept.jsonl.gz", args.kept_size) if args.kept else \
         (tmp / "train.jsonl.gz", args.train)
+    model = ["data=hh_rlhf_offline"] if args.backbone == "minilm" else [
+        "data=local", "data.fields.id=id", f"backbone={args.backbone}", *decoder_overrides(args)]
     cfg = C.compose([
-        "data=hh_rlhf_offline", f"data.path={train_file}",
+        *model, f"data.path={train_file}",
         f"data.val_path={tmp / 'heldout.jsonl.gz'}", "data.test_size=0",
         f"data.train_size={train_size}", f"backbone.max_length={args.max_length}",
         f"data.batch_size={args.batch}", "data.eval_batch_size=64",
         "allocator=none", "augmenter=none", "trainer.max_epochs=1", "~logger", "callbacks=none",
         "test=false", "export=false", f"seed={args.seed}", "+trainer.limit_val_batches=0",
         "+callbacks.bench_timer._target_=_common.EpochTimer", "+callbacks.bench_timer.memory=true",
-        f"data.packing={str(args.packing).lower()}", f"data.max_tokens_per_batch={args.max_tokens}",
+        f"data.packing={str(args.mode == 'packed').lower()}",
+        f"data.prefix_sharing={str(args.mode == 'prefix_shared').lower()}", f"data.max_tokens_per_batch={args.max_tokens}",
         f"trainer.precision={'bf16-mixed' if args.bf16 else '32-true'}",
         *C.QUIET,
     ], out_dir)
@@ -82,16 +103,23 @@ def worker_mars(args) -> dict:
     ep = timer.epochs[0]
     dm = objs["datamodule"]
     # Held-out margins with mars's own scorer (`mars.model.scoring.Scorer`, the run's: eval batch 64,
-    # packed like training under --packing); validation during fit is switched off
+    # packed or prefix-shared like training); validation during fit is switched off
     # (limit_val_batches=0) so that the held-out set is scored once.
     heldout = dm.splits["val"]
     with C.Measure() as m_eval:
         scores = dm.loop.scorer.pairs(heldout)
     rc, rr = scores.r_chosen, scores.r_rejected
+    from mars.data.batch import shared_prefix
+
+    train = dm.encoded["train"]
     return {
-        "framework": "mars", "train_s": ep["train_s"], "train_cpu_s": ep["train_cpu_s"],
+        "framework": "mars", "mode": args.mode, "train_s": ep["train_s"], "train_cpu_s": ep["train_cpu_s"],
         "fit_wall_s": total, "pairs": ep["pairs"], "pairs_offered": train_size,
-        "tokens": ep["tokens"], "padded_tokens": ep["padded"], "pad_fraction": ep["pad_fraction"],
+        "tokens": ep["useful"], "computed_tokens": ep["tokens"], "padded_tokens": ep["padded"],
+        "pad_fraction": ep["pad_fraction"],
+        # the share of the training pairs' tokens that are a common prefix (computed once when shared)
+        "shared_fraction": sum(shared_prefix(e.chosen, e.rejected) for e in train)
+        / max(1, sum(len(e.chosen) + len(e.rejected) for e in train)),
         "batches": ep["batches"], "truncated_train": dm.truncated.get("train"),
         "truncated_heldout": dm.truncated.get("val"),
         "uninformative": {k: len(v) for k, v in dm.uninformative.items()},
@@ -118,7 +146,16 @@ def worker_trl(args) -> dict:
     with open(tmp / "trl.json") as f:
         data = json.load(f)
     path = resolve("minilm")
-    tok = AutoTokenizer.from_pretrained(path)
+    if args.backbone == "minilm":
+        tok, model = AutoTokenizer.from_pretrained(path), path
+    else:  # the network and tokenizer as mars builds them (dedicated pad token, num_labels=1)
+        from mars.config import BackboneConfig
+        from mars.model.backbone import load_network, load_tokenizer
+
+        overrides = {"num_hidden_layers": args.layers} if args.layers else {}
+        backbone = BackboneConfig(name_or_path=args.backbone, max_length=args.max_length, config_overrides=overrides)
+        tok = load_tokenizer(backbone)
+        model = load_network(backbone, tok)
 
     class CountingCollator:
         """TRL's own collator, counting non-padding and padded tokens of every batch."""
@@ -157,18 +194,17 @@ def worker_trl(args) -> dict:
         "learning_rate": 5e-5, "weight_decay": 0.01, "warmup_steps": 0.1, "lr_scheduler_type": "linear",
         "max_grad_norm": 1.0, "center_rewards_coefficient": None, "gradient_checkpointing": False,
         "disable_dropout": True}
+    # MiniLM's BERT tokenizer has no EOS token, which TRL appends to standard-format text
+    # (and fails on None): the BERT separator stands in for it. Conversations get none appended.
+    eos = {"eos_token": tok.sep_token} if args.backbone == "minilm" else {}
     cfg = RewardConfig(
         output_dir=str(tmp / f"trl_out_{args.tag}"), per_device_train_batch_size=args.batch,
         num_train_epochs=1, max_length=args.max_length, report_to=[], use_cpu=True,
         bf16=args.bf16, fp16=False, save_strategy="no", eval_strategy="no", logging_steps=10**6,
-        dataloader_num_workers=0, disable_tqdm=True, seed=args.seed, data_seed=args.seed, **recipe,
-        # MiniLM's BERT tokenizer has no EOS token, which TRL appends to standard-format text
-        # (and fails on None): the BERT separator stands in for it.
-        eos_token=tok.sep_token,
-    )
+        dataloader_num_workers=0, disable_tqdm=True, seed=args.seed, data_seed=args.seed, **recipe, **eos)
     train_ds = Dataset.from_list(data["train"])
     t_init = time.perf_counter()
-    trainer = RewardTrainer(model=path, args=cfg, train_dataset=train_ds, processing_class=tok,
+    trainer = RewardTrainer(model=model, args=cfg, train_dataset=train_ds, processing_class=tok,
                             data_collator=collator, callbacks=[timer])
     init_s = time.perf_counter() - t_init
     kept = len(trainer.train_dataset)
@@ -177,14 +213,17 @@ def worker_trl(args) -> dict:
     # Held-out accuracy with the trained model, in the text format it trained on (dialogue + EOS).
     # Over-long held-out pairs are scored with left truncation to max_length (the end of the dialogue stays).
     model = trainer.model.eval()
-    eval_tok = AutoTokenizer.from_pretrained(path)
-    eval_tok.truncation_side = "left"
     heldout = data["heldout"]
-    texts = [h["chosen"] + tok.sep_token for h in heldout] + [h["rejected"] + tok.sep_token for h in heldout]
-    enc = eval_tok(texts, truncation=True, max_length=args.max_length)["input_ids"]
-    full_len = [len(x) for x in tok(texts)["input_ids"]]
+    if args.backbone == "minilm":
+        texts = [h["chosen"] + tok.sep_token for h in heldout] + [h["rejected"] + tok.sep_token for h in heldout]
+        full = tok(texts)["input_ids"]
+    else:  # what TRL trained on: each conversation through the chat template
+        full = [tok.apply_chat_template(h[side], tokenize=True, return_dict=True)["input_ids"]
+                for side in ("chosen", "rejected") for h in heldout]
+    enc = [ids[-args.max_length:] for ids in full]
+    full_len = [len(x) for x in full]
     order = np.argsort([-len(x) for x in enc], kind="stable")
-    rewards = np.zeros(len(texts))
+    rewards = np.zeros(len(full))
     with C.Measure() as m_eval, torch.inference_mode():
         for b in range(0, len(order), 128):
             idx = order[b:b + 128]
@@ -213,7 +252,20 @@ def worker_trl(args) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Parent
 
+def decoder_overrides(args) -> list[str]:
+    return [f"+backbone.config_overrides.num_hidden_layers={args.layers}"] if args.layers else []
+
+
+def conversation(pair, response: str) -> list[dict]:
+    """The messages mars renders for one side of a pair (its HH-aware prompt parser)."""
+    from mars.data.format import hh_messages
+
+    return hh_messages(pair.prompt) + [{"role": "assistant", "content": response}]
+
+
 def prepare(args, tmp: Path) -> dict:
+    if args.backbone != "minilm":
+        return prepare_decoder(args, tmp)
     pairs = C.hh_pairs()
     rows = C.hh_raw_rows()
     train, heldout = pairs[:args.train], pairs[-args.heldout:]
@@ -239,13 +291,34 @@ def prepare(args, tmp: Path) -> dict:
     return {"train_ids": [p.id for p in train], "heldout_ids": [p.id for p in heldout], "trl_kept": len(kept)}
 
 
+def prepare_decoder(args, tmp: Path) -> dict:
+    """--backbone smollm2: the dataset's pairs for mars (`data=local` rows) and for TRL
+    (conversational: the same messages), the first --train to train on, the last --heldout held out."""
+    from mars.data.sources import load_pairs
+
+    path = {"hh_rlhf": C.HH_PATH, "ultrafeedback": C.DATA_DIR / "ultrafeedback" / "train.jsonl"}[args.dataset]
+    pairs = load_pairs(args.dataset, path=str(path), on_error="skip").pairs
+    train, heldout = pairs[:args.train], pairs[-args.heldout:]
+    assert len(train) + len(heldout) <= len(pairs), "--train and --heldout overlap"
+    for name, part in (("train", train), ("heldout", heldout)):
+        with gzip.open(tmp / f"{name}.jsonl.gz", "wt", encoding="utf-8") as f:
+            for p in part:
+                f.write(json.dumps({"id": p.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n")
+    with open(tmp / "trl.json", "w") as f:
+        json.dump({name: [{"chosen": conversation(p, p.chosen), "rejected": conversation(p, p.rejected)} for p in part]
+                   for name, part in (("train", train), ("heldout", heldout))}, f)
+    args.kept_size = 0
+    return {"train_ids": [p.id for p in train], "heldout_ids": [p.id for p in heldout]}
+
+
 def run_worker(framework: str, args, tmp: Path, tag: str) -> dict:
     out = tmp / f"{framework}_{tag}.json"
     cmd = [sys.executable, str(HERE), "--worker", framework, "--tmp", str(tmp), "--tag", tag,
            "--result", str(out), "--train", str(args.train), "--heldout", str(args.heldout),
            "--max-length", str(args.max_length), "--batch", str(args.batch), "--threads", str(args.threads)]
     cmd += ["--trl-defaults"] if args.trl_defaults else []
-    cmd += ["--max-tokens", str(args.max_tokens)] + (["--packing"] if args.packing else []) + (["--bf16"] if args.bf16 else [])
+    cmd += ["--max-tokens", str(args.max_tokens), "--mode", args.mode] + (["--bf16"] if args.bf16 else [])
+    cmd += ["--backbone", args.backbone, "--dataset", args.dataset, "--layers", str(args.layers)]
     cmd += ["--seed", str(args.seed), "--kept-size", str(args.kept_size)] + (["--kept"] if args.kept else [])
     with C.Measure(f"{framework} process (load + tokenise + train + held-out scoring)") as m:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -277,9 +350,15 @@ def main() -> None:
     ap.add_argument("--trl-first", action="store_true", help="start with TRL (order effects)")
     ap.add_argument("--trl-defaults", action="store_true",
                     help="TRL with its own recipe (lr 1e-4, gradient checkpointing on) instead of the shared one")
-    ap.add_argument("--packing", action="store_true",
-                    help="mars trains on packed batches (data.packing=true) of up to --max-tokens tokens")
-    ap.add_argument("--max-tokens", type=int, default=2304, help="data.max_tokens_per_batch under --packing")
+    ap.add_argument("--mars", default="padded",
+                    help="mars runs beside TRL's, comma-separated: padded, packed, prefix_shared")
+    ap.add_argument("--packing", action="store_true", help="the same as --mars packed")
+    ap.add_argument("--max-tokens", type=int, default=2304,
+                    help="data.max_tokens_per_batch of the packed and prefix-shared runs")
+    ap.add_argument("--backbone", choices=["minilm", "smollm2"], default="minilm")
+    ap.add_argument("--dataset", choices=["hh_rlhf", "ultrafeedback"], default="hh_rlhf",
+                    help="the pairs under --backbone smollm2 (MiniLM: HH-RLHF)")
+    ap.add_argument("--layers", type=int, default=0, help="--backbone smollm2: its first K layers only (0: all)")
     ap.add_argument("--bf16", action="store_true",
                     help="both in bf16 autocast: mars trainer.precision=bf16-mixed, TRL bf16=True")
     ap.add_argument("--parity", action="store_true",
@@ -290,6 +369,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--kept", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--kept-size", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=MODES, default="padded", help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=["mars", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="0", help=argparse.SUPPRESS)
@@ -306,33 +386,64 @@ def main() -> None:
             return parity_report(json.load(f)["runs"])
     if args.parity:
         return parity(args)
+    return speed(args)
+
+
+MODES = ("padded", "packed", "prefix_shared")
+
+
+def speed(args) -> None:
+    """TRL and every --mars run, --repeats times (the order turned round on every other repeat),
+    then the table: medians over repeats, ratios to TRL."""
+    modes = ["packed"] if args.packing else args.mars.split(",")
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise SystemExit(f"--mars {args.mars}: {', '.join(unknown)} unknown; use {', '.join(MODES)}")
+    variants = {"TRL": ("trl", "padded"), **{f"mars {m.replace('_', '-')}": ("mars", m) for m in modes}}
     load0 = C.begin()
-    print(f"train_vs_trl: {args.train} train pairs (first of the file), {args.heldout} held out (last), "
-          f"max_length {args.max_length}, {args.batch} pairs/batch"
-          f"{f' (mars packed: {args.max_tokens} tokens/batch)' if args.packing else ''}, 1 epoch, "
-          f"{'bf16 autocast' if args.bf16 else 'fp32'}, repeats {args.repeats}; "
+    model = "MiniLM" if args.backbone == "minilm" else \
+        f"{args.backbone}{f' (first {args.layers} layers)' if args.layers else ''} on {args.dataset}"
+    print(f"train_vs_trl: {model}, {args.train} train pairs (first of the file), {args.heldout} held out (last), "
+          f"max_length {args.max_length}, {args.batch} pairs/batch (packed: {args.max_tokens} tokens/batch), "
+          f"1 epoch, {'bf16 autocast' if args.bf16 else 'fp32'}, repeats {args.repeats}; "
           f"loadavg {C.fmt_load(load0)}", flush=True)
-    runs = {"mars": [], "trl": []}
+    runs = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="mars_bench_trl_") as d:
         tmp = Path(d)
         ids = prepare(args, tmp)
         for r in range(args.repeats):
-            for fw in (("mars", "trl") if (r + args.trl_first) % 2 == 0 else ("trl", "mars")):
-                res = run_worker(fw, args, tmp, f"r{r}")
-                runs[fw].append(res)
+            order = list(variants) if args.trl_first else list(variants)[1:] + ["TRL"]
+            for name in order if r % 2 == 0 else order[::-1]:
+                framework, mode = variants[name]
+                res = run_worker(framework, argparse.Namespace(**{**vars(args), "mode": mode}), tmp, f"r{r}_{mode}")
+                runs[name].append(res)
                 if args.json:  # every finished run kept, should the next one be interrupted
                     C.write_json(args.json + ".partial", {"args": vars(args), "runs": runs, "load0": load0})
-                print(f"  {fw} run {r}: {res['pairs'] / res['train_s']:.2f} pairs/s over {res['pairs']} pairs "
-                      f"({res['train_s']:.1f} s training, {res['threads']} threads); loadavg {C.fmt_load(tuple(res['load_start']))} → "
-                      f"{C.fmt_load(tuple(res['load_end']))}", flush=True)
+                print(f"  {name} run {r}: {res['pairs'] / res['train_s']:.2f} pairs/s over {res['pairs']} pairs "
+                      f"({res['train_s']:.1f} s training, {res['threads']} threads); loadavg "
+                      f"{C.fmt_load(tuple(res['load_start']))} → {C.fmt_load(tuple(res['load_end']))}", flush=True)
     load1 = C.loadavg()
+    summary = speed_report(args, runs)
+    C.write_json(args.json, {"args": vars(args), "summary": summary, "runs": runs, "ids": ids,
+                             "load": [load0, load1], "machine": C.machine()})
+    print(f"  loadavg: start {C.fmt_load(load0)}, end {C.fmt_load(load1)}")
+    t = summary["TRL"]
+    print("SUMMARY train_vs_trl: " + "; ".join(
+        f"{name} {s['pairs_per_s']:.2f} pairs/s ({s['pairs_per_s'] / t['pairs_per_s']:.2f}x TRL's), useful tokens/s "
+        f"{s['tokens_per_s'] / t['tokens_per_s']:.2f}x, held-out acc {s['heldout_acc']:.3f}"
+        for name, s in ((n, summary[n]) for n in runs if n != "TRL")) + f"; TRL {t['pairs_per_s']:.2f} pairs/s, held-out acc "
+        f"{t['heldout_acc']:.3f}; median of {args.repeats} run(s)")
 
-    fits = runs["trl"][0]["heldout_fits"]
+
+def speed_report(args, runs: dict) -> dict:
+    """Print the side-by-side table of `speed`; its figures returned for the JSON."""
+    fits = runs["TRL"][0]["heldout_fits"]
     summary = {}
-    for fw, rs in runs.items():
-        s = {
+    for name, rs in runs.items():
+        summary[name] = {
             "pairs_per_s": C.median([r["pairs"] / r["train_s"] for r in rs]),
             "tokens_per_s": C.median([r["tokens"] / r["train_s"] for r in rs]),
+            "computed_tokens_per_s": C.median([r.get("computed_tokens", r["tokens"]) / r["train_s"] for r in rs]),
             "train_s": C.median([r["train_s"] for r in rs]),
             "pairs_per_cpu_s": C.median([r["pairs"] / r["train_cpu_s"] for r in rs]),
             "tokens_per_cpu_s": C.median([r["tokens"] / r["train_cpu_s"] for r in rs]),
@@ -346,21 +457,20 @@ def main() -> None:
             "heldout_acc": C.median([acc(r["heldout_margins"]) for r in rs]),
             "heldout_acc_fitting": C.median([acc(r["heldout_margins"], fits) for r in rs]),
         }
-        summary[fw] = s
-    m, t = summary["mars"], summary["trl"]
     n_fit = sum(fits)
     print()
-    print(f"{'':34}{'mars':>14}{'TRL':>14}")
+    print(f"{'':34}" + "".join(f"{name:>20}" for name in runs))
     rows = [
         ("pairs/s (training only)", "pairs_per_s", "{:.2f}"),
-        ("non-padding tokens/s", "tokens_per_s", "{:.0f}"),
+        ("useful tokens/s (TRL's count)", "tokens_per_s", "{:.0f}"),
+        ("computed tokens/s", "computed_tokens_per_s", "{:.0f}"),
         ("training time (s)", "train_s", "{:.1f}"),
         ("pairs per CPU-second", "pairs_per_cpu_s", "{:.2f}"),
-        ("non-padding tokens per CPU-s", "tokens_per_cpu_s", "{:.0f}"),
+        ("useful tokens per CPU-s", "tokens_per_cpu_s", "{:.0f}"),
         ("padding fraction", "pad_fraction", "{:.3f}"),
         ("batches (optimiser steps)", "batches", "{:d}"),
         ("pairs per batch (mean)", "pairs_per_batch", "{:.2f}"),
-        ("non-padding tokens per batch", "tokens_per_batch", "{:.0f}"),
+        ("useful tokens per batch", "tokens_per_batch", "{:.0f}"),
         ("peak RSS during training (MiB)", "peak_rss_mib", "{:.0f}"),
         ("  growth over train start (MiB)", "rss_delta_mib", "{:.0f}"),
         ("  process ru_maxrss (MiB)", "ru_maxrss_mib", "{:.0f}"),
@@ -368,43 +478,48 @@ def main() -> None:
         (f"held-out acc ({n_fit} fitting TRL's limit)", "heldout_acc_fitting", "{:.4f}"),
     ]
     for label, key, f in rows:
-        print(f"{label:34}{f.format(m[key]):>14}{f.format(t[key]):>14}")
-    mars_trunc = runs["mars"][0]["truncated_train"]
-    print(f"{'pairs kept / offered':34}{m['pairs_trained']:>9}/{m['pairs_offered']:<4}"
-          f"{t['pairs_trained']:>9}/{t['pairs_offered']:<4}")
-    print(f"  mars truncated {mars_trunc} of {m['pairs_offered']} training pairs (kept, counted); TRL dropped "
-          f"{t['pairs_offered'] - t['pairs_trained']} over-long pairs ({1 - t['pairs_trained'] / t['pairs_offered']:.1%}).")
+        print(f"{label:34}" + "".join(f"{f.format(s[key]):>20}" for s in summary.values()))
+    kept = ["{}/{}".format(s["pairs_trained"], s["pairs_offered"]) for s in summary.values()]
+    print(f"{'pairs kept / offered':34}" + "".join(f"{k:>20}" for k in kept))
+    t = summary["TRL"]
+    print(f"{'ratio to TRL: pairs/s':34}" + "".join(f"{s['pairs_per_s'] / t['pairs_per_s']:>19.2f}x"
+                                                   for s in summary.values()))
+    print(f"{'ratio to TRL: useful tokens/s':34}" + "".join(f"{s['tokens_per_s'] / t['tokens_per_s']:>19.2f}x"
+                                                           for s in summary.values()))
+    mars = {name: rs[0] for name, rs in runs.items() if name != "TRL"}
+    first = next(iter(mars.values()))
+    print(f"  mars truncated {first['truncated_train']} of {first['pairs_offered']} training pairs (kept, counted); "
+          f"TRL dropped {t['pairs_offered'] - t['pairs_trained']} over-long pairs "
+          f"({1 - t['pairs_trained'] / t['pairs_offered']:.1%}).")
+    if "mars packed" in summary and "mars prefix-shared" in summary:
+        shared = mars["mars prefix-shared"]["shared_fraction"]
+        gain = summary["mars prefix-shared"]["tokens_per_s"] / summary["mars packed"]["tokens_per_s"]
+        summary["prefix_sharing"] = {"shared_fraction": shared, "predicted_speedup": 1 / (1 - shared),
+                                     "measured_speedup": gain}
+        print(f"  prefix sharing: {shared:.1%} of the training pairs' tokens are a common prefix, computed once; "
+              f"predicted speed-up over packed {1 / (1 - shared):.2f}x (tokens alone), measured {gain:.2f}x")
     print("  memory: RSS sampled every 10 ms by a psutil thread from train start to train end "
           "(peak and growth); ru_maxrss: the worker process's lifetime high-water mark (getrusage).")
-    print(f"  timing: mars = {runs['mars'][0]['included']}; TRL = {runs['trl'][0]['included']}. "
+    print(f"  timing: mars = {first['included']}; TRL = {runs['TRL'][0]['included']}. "
           "Model loading, tokenisation and held-out scoring are outside both.")
-    print("  TRL text: each HH dialogue string as it is (chosen/rejected, implicit prompt) + its EOS "
-          "('[SEP]': MiniLM has no EOS token); held-out pairs over its limit scored with left truncation.")
-    print(f"  held-out pairs truncated by mars: {runs['mars'][0]['truncated_heldout']} of {args.heldout}; "
+    if args.backbone == "minilm":
+        print("  TRL text: each HH dialogue string as it is (chosen/rejected, implicit prompt) + its EOS "
+              "('[SEP]': MiniLM has no EOS token); held-out pairs over its limit scored with left truncation.")
+    else:
+        print("  TRL text: the same conversations, in its conversational format (the chat template); held-out "
+              "pairs over its limit scored with left truncation.")
+    print(f"  held-out pairs truncated by mars: {first['truncated_heldout']} of {args.heldout}; "
           f"{args.heldout - n_fit} are over TRL's limit")
-    print(f"  loadavg: start {C.fmt_load(load0)}, end {C.fmt_load(load1)}")
-    ratio_pps = m["pairs_per_s"] / t["pairs_per_s"]
-    ratio_tok = m["tokens_per_s"] / t["tokens_per_s"]
-    ratio_acc = m["heldout_acc"] / t["heldout_acc"]
-    ratio_cpu = m["pairs_per_cpu_s"] / t["pairs_per_cpu_s"]
-    print(f"  ratio mars/TRL: pairs/s {ratio_pps:.2f}x, non-padding tokens/s {ratio_tok:.2f}x, pairs per "
-          f"CPU-second {ratio_cpu:.2f}x, held-out acc {ratio_acc:.3f}x")
     print("  CPU-seconds: the worker process's CPU time over the same window (all threads); with --threads 1 "
           "it is the work done, whatever else runs on the machine.")
-    C.write_json(args.json, {"args": vars(args), "summary": summary, "runs": runs, "ids": ids,
-                             "load": [load0, load1], "machine": C.machine()})
-    print(f"SUMMARY train_vs_trl: mars {m['pairs_per_s']:.2f} pairs/s vs TRL {t['pairs_per_s']:.2f} pairs/s "
-          f"({ratio_pps:.2f}x; per CPU-second {ratio_cpu:.2f}x); padding {m['pad_fraction']:.1%} vs {t['pad_fraction']:.1%}; kept "
-          f"{m['pairs_trained']}/{m['pairs_offered']} vs {t['pairs_trained']}/{t['pairs_offered']}; held-out acc "
-          f"{m['heldout_acc']:.3f} vs {t['heldout_acc']:.3f} ({ratio_acc:.3f}x); median of {args.repeats} run(s); "
-          f"loadavg {C.fmt_load(load0)} → {C.fmt_load(load1)}")
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
 # --parity: held-out accuracy over seeds
 
 # The same recipe in every run; only what mars is fed, and how it is batched, differs.
-PARITY = {"TRL": ("trl", {}), "mars padded": ("mars", {}), "mars packed": ("mars", {"packing": True}),
+PARITY = {"TRL": ("trl", {}), "mars padded": ("mars", {}), "mars packed": ("mars", {"mode": "packed"}),
           "mars on TRL's pairs": ("mars", {"kept": True})}
 DIFFERENCES = [("mars padded", "TRL"), ("mars packed", "TRL"), ("mars on TRL's pairs", "TRL"),
                ("mars packed", "mars padded")]
@@ -434,7 +549,7 @@ def parity(args) -> None:
             order = list(enumerate(PARITY))
             for k, name in order if seed % 2 == 0 else order[::-1]:
                 framework, mode = PARITY[name]
-                run_args = argparse.Namespace(**{**vars(args), "seed": seed, "packing": False, "kept": False, **mode})
+                run_args = argparse.Namespace(**{**vars(args), "seed": seed, "mode": "padded", "kept": False, **mode})
                 res = run_worker(framework, run_args, tmp, f"s{seed}_{k}")
                 runs[name].append(res)
                 print(f"  seed {seed} {name}: held-out acc {acc(res['heldout_margins']):.4f}, {res['pairs']} pairs "

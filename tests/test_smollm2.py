@@ -8,7 +8,7 @@ import torch
 
 from mars.model.export import load_for_eval
 from mars.model.loss import bradley_terry_loss
-from tests.conftest import compose_config, require_data, score
+from tests.conftest import DATA_DIR, compose_config, require_data, score
 from mars.cli.train import train
 
 pytestmark = pytest.mark.slow
@@ -46,3 +46,24 @@ def test_smollm2_lora_learns_and_export_reloads(tmp_path):
     m_c, m_r, _ = score(objects["model"], val)  # the best checkpoint's weights, adapters unmerged
     np.testing.assert_allclose(e_c, m_c, atol=1e-3)
     np.testing.assert_allclose(e_r, m_r, atol=1e-3)
+
+    # prefix sharing on the real decoder: the rewards of the two sequences alone, on these pairs and
+    # on multi-turn HH-RLHF dialogues, at 256 tokens (short prompts shared whole, cut ones barely)
+    import dataclasses
+
+    from mars.data.batch import shared_prefix
+    from mars.data.format import PairFormatter
+    from mars.data.sources import load_pairs
+    from mars.model.scoring import Scorer
+
+    module = objects["model"]
+    hh = load_pairs("hh_rlhf", path=str(DATA_DIR / "hh-rlhf" / "harmless-base-test.jsonl.gz"), on_error="skip").pairs
+    pairs = val + hh[:8]
+    formatter = PairFormatter.of(module.tokenizer, dataclasses.replace(module.backbone_cfg, max_length=256))
+    encoded = formatter.encode(pairs)
+    tokens = sum(len(e.chosen) + len(e.rejected) for e in encoded)
+    assert sum(shared_prefix(e.chosen, e.rejected) for e in encoded) > 0.05 * tokens  # 10% measured
+    alone, shared = (Scorer(formatter, module.tokenizer.pad_token_id, module.model, 8, max_tokens=512,
+                            prefix_sharing=sharing).pairs(pairs) for sharing in (False, True))
+    np.testing.assert_allclose(shared.r_chosen, alone.r_chosen, atol=1e-4)
+    np.testing.assert_allclose(shared.r_rejected, alone.r_rejected, atol=1e-4)
