@@ -40,10 +40,16 @@ def test_ddp_metrics_equal_single_process(tmp_path):
     assert not list(tmp_path.glob("ddp/**/.hydra_rank*")) and not (ROOT / "outputs").exists()
 
 
-def test_ddp_mars_rounds_identical_and_each_pair_once(tmp_path):
+def test_ddp_mars_rounds_identical_each_pair_once_without_shared_disk(tmp_path):
+    """MARS rounds under DDP: both ranks train on the same D^t, each pair once across ranks, every
+    shard's margins gathered; each rank with its own augmentation cache (nodes without a shared
+    filesystem): rank 0 generates every variant once and broadcasts them."""
+    import sqlite3
+
     run = tmp_path / "mars"
     run_train(run, "trainer=ddp_sim", "allocator=mars", "augmenter=eda", "loop.budget=40", "loop.warmup_epochs=1",
-              "trainer.max_epochs=3", "callbacks=audit", "optim.lr=1e-3")
+              "trainer.max_epochs=3", "callbacks=audit", "optim.lr=1e-3",
+              f"augmenter.cache_path={run}/node${{oc.env:LOCAL_RANK,0}}/augment.sqlite")
     for epoch, size in ((0, 96), (1, 136), (2, 176)):
         r0, r1 = (json.loads((run / "audit" / f"epoch{epoch}_rank{r}.json").read_text()) for r in (0, 1))
         assert r0["train_set"] == r1["train_set"] and len(r0["train_set"]) == size
@@ -54,19 +60,6 @@ def test_ddp_mars_rounds_identical_and_each_pair_once(tmp_path):
         assert len(report["margins"]) == 96 and sum(report["allocation"]) == 40
         assert all(m != 0.0 for m in report["margins"])  # every shard's margins gathered
     assert len(list(run.glob("*.log"))) == 2 and not list(run.parent.glob("*/.hydra/../*/.hydra"))
-
-
-def test_ddp_rounds_need_no_shared_disk(tmp_path):
-    """Each rank with its own augmentation cache (nodes without a shared filesystem): rank 0
-    generates every variant once and broadcasts them; both ranks train on the same D^t."""
-    import sqlite3
-
-    run = tmp_path / "nodes"
-    run_train(run, "trainer=ddp_sim", "allocator=mars", "augmenter=eda", "loop.budget=40", "loop.warmup_epochs=1",
-              "trainer.max_epochs=2", "callbacks=audit", "optim.lr=1e-3",
-              f"augmenter.cache_path={run}/node${{oc.env:LOCAL_RANK,0}}/augment.sqlite")
-    r0, r1 = (json.loads((run / "audit" / f"epoch1_rank{r}.json").read_text()) for r in (0, 1))
-    assert r0["train_set"] == r1["train_set"] and len(r0["train_set"]) == 136
     with sqlite3.connect(run / "node0" / "augment.sqlite") as db:
         (stored,) = db.execute("select count(*) from variants").fetchone()
     assert stored > 0

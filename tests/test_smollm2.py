@@ -47,8 +47,8 @@ def test_smollm2_lora_learns_and_export_reloads(tmp_path):
     np.testing.assert_allclose(e_c, m_c, atol=1e-3)
     np.testing.assert_allclose(e_r, m_r, atol=1e-3)
 
-    # prefix sharing on the real decoder: the rewards of the two sequences alone, on these pairs and
-    # on multi-turn HH-RLHF dialogues, at 256 tokens (short prompts shared whole, cut ones barely)
+    # prefix sharing on the real decoder: the rewards of the two sequences alone, on multi-turn
+    # HH-RLHF dialogues that fit 192 tokens (their prompts shared whole) and on two cut pairs
     import dataclasses
 
     from mars.data.batch import shared_prefix
@@ -57,12 +57,13 @@ def test_smollm2_lora_learns_and_export_reloads(tmp_path):
     from mars.model.scoring import Scorer
 
     module = objects["model"]
+    formatter = PairFormatter.of(module.tokenizer, dataclasses.replace(module.backbone_cfg, max_length=192))
     hh = load_pairs("hh_rlhf", path=str(DATA_DIR / "hh-rlhf" / "harmless-base-test.jsonl.gz"), on_error="skip").pairs
-    pairs = val + hh[:8]
-    formatter = PairFormatter.of(module.tokenizer, dataclasses.replace(module.backbone_cfg, max_length=256))
+    fitting = [p for p, e in zip(hh[:40], formatter.encode(hh[:40])) if not any(e.truncated)][:6]
+    pairs = val[:2] + fitting
     encoded = formatter.encode(pairs)
     tokens = sum(len(e.chosen) + len(e.rejected) for e in encoded)
-    assert sum(shared_prefix(e.chosen, e.rejected) for e in encoded) > 0.05 * tokens  # 10% measured
+    assert len(fitting) == 6 and sum(shared_prefix(e.chosen, e.rejected) for e in encoded) > 0.2 * tokens
     alone, shared = (Scorer(formatter, module.tokenizer.pad_token_id, module.model, 8, max_tokens=512,
                             prefix_sharing=sharing).pairs(pairs) for sharing in (False, True))
     np.testing.assert_allclose(shared.r_chosen, alone.r_chosen, atol=1e-4)
