@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mars.data.format import PairFormatter
-from mars.model.backbone import check_packing
+from mars.model.backbone import PackingKeys, check_packing
 from mars.model.export import load_for_eval
 from mars.model.scoring import Scorer
 
@@ -34,12 +34,12 @@ def resolve_model(path: str) -> tuple[str, list[dict]]:
 
 def load_scorer(model: str, max_length: Optional[int] = None, batch_size: int = 64, packing: bool = False,
                 max_tokens: int = 4096, prefix_sharing: bool = False, allow_unverified_packing: bool = False,
-                scope: str = "data.") -> Scorer:
+                keys: PackingKeys = PackingKeys()) -> Scorer:
     """The one scorer over a `.ckpt`, an export folder or a Hub name (its own max length unless given);
-    `scope`: where the caller's packing keys live, for the error that names them."""
+    `keys`: the caller's names for its packing settings, for the error that names them."""
     loaded = load_for_eval(model, max_length)
     if packing or prefix_sharing:
-        check_packing(loaded.model.config.model_type, allow_unverified_packing, scope)
+        check_packing(loaded.model.config.model_type, allow_unverified_packing, keys)
     bb = loaded.backbone_cfg
     return Scorer(PairFormatter.of(loaded.tokenizer, bb), loaded.tokenizer.pad_token_id, loaded.model, batch_size,
                   packing=packing, max_tokens=max_tokens, prefix_sharing=prefix_sharing)

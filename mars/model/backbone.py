@@ -6,6 +6,7 @@ mars/generation/embedded.py).
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import torch
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
@@ -65,22 +66,25 @@ def is_decoder(config) -> bool:
 PACKING_VERIFIED = ("bert", "llama", "qwen2", "qwen3")
 
 
-def check_packing(model_type: str, allow_unverified: bool = False, scope: str = "data.") -> None:
-    """Packed batches only for an architecture checked to score them exactly (or when forced);
-    `scope`: where the caller's packing keys live ("data." for train.py and eval.py, "" for the server)."""
+class PackingKeys(NamedTuple):
+    """The caller's names for the packing switches and the override that forces them."""
+    switches: tuple[str, ...] = ("data.packing", "data.prefix_sharing")
+    force: str = "data.allow_unverified_packing"
+
+
+def check_packing(model_type: str, allow_unverified: bool = False, keys: PackingKeys = PackingKeys()) -> None:
+    """Packed batches only for an architecture checked to score them exactly (or when forced)."""
     if model_type in PACKING_VERIFIED:
         return
     if allow_unverified:
         log.warning("packed batches on %s, an architecture whose packed rewards mars has not checked against padded "
-                    "ones (%sallow_unverified_packing=true): compare a few rewards with %spacking=false",
-                    model_type, scope, scope)
+                    "ones (%s=true): compare a few rewards with %s=false", model_type, keys.force, keys.switches[0])
         return
-    keys = f"{scope}packing" + (f" / {scope}prefix_sharing" if scope else "")
-    off = f"{scope}packing=false" + (f" {scope}prefix_sharing=false" if scope else "")
-    raise ConfigError(f"{keys}: mars has not checked that packed batches give {model_type} "
+    raise ConfigError(f"{' / '.join(keys.switches)}: mars has not checked that packed batches give {model_type} "
                       f"the rewards of padded ones (checked: {', '.join(PACKING_VERIFIED)}); position ids and "
                       "per-sequence attention do not make every architecture exact (RoBERTa's positions, linear-"
-                      f"attention layers). Use {off}, or force it unverified with {scope}allow_unverified_packing=true")
+                      f"attention layers). Use {' '.join(k + '=false' for k in keys.switches)}, or force it unverified "
+                      f"with {keys.force}=true")
 
 
 def model_config(cfg: BackboneConfig, tokenizer: PreTrainedTokenizerBase):

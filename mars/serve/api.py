@@ -13,6 +13,7 @@ import torch
 from starlette.responses import JSONResponse
 
 from mars.evaluation.models import load_scorer
+from mars.model.backbone import PackingKeys
 from mars.serve.protocol import RequestError, answer, parse_request
 
 
@@ -27,7 +28,8 @@ class RewardAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         self.scorer = load_scorer(self.model, self.max_length, self.batch_size, self.packing, self.max_tokens,
-                                  allow_unverified_packing=self.allow_unverified_packing, scope="")
+                                  allow_unverified_packing=self.allow_unverified_packing,
+                                  keys=PackingKeys(("packing",), "allow_unverified_packing"))
         model = self.scorer.model.to(device)
         if self.bf16 and device.startswith("cuda"):
             model.to(torch.bfloat16)
