@@ -3,8 +3,8 @@
     python -m mars.study run [--datasets hh_rlhf ...] [--methods none uniform ...] [--seeds 1 2 3 4 5] [--parallel 2] [key=value ...]
     python -m mars.study aggregate logs/study
 
-`run` launches one train.py per job with the `cpu_study_<dataset>` preset (or `--preset paper`
-for the GPU setting), in out/<dataset>/<method>/seed<S>, seed by seed, `--parallel` at a time,
+`run` launches one train.py per job with the `cpu_study_<dataset>` preset (`--preset cpu_study_full`
+for full fine-tuning, `--preset paper` for the GPU setting), in out/<dataset>/<method>/seed<S>, seed by seed, `--parallel` at a time,
 with a line of progress per job; a job already finished (its metrics.json) is skipped, so a
 stopped study resumes where it stopped. Then `aggregate` writes results.md, results.json and
 plots: per method and dataset the mean over seeds of held-out accuracy, SNR, ROC-AUC, ECE and,
@@ -68,6 +68,17 @@ def command(seed: int, dataset: str, method: str, out: Path, preset: str, temper
             *extra]
 
 
+def preset_datasets(presets: Path, preset: str) -> list[str]:
+    """The datasets of a preset family: each <preset>_<dataset>.yaml that builds on <preset>.yaml
+    (lists it in its defaults) where that file exists, and is no family of its own: so
+    cpu_study_full_hh_rlhf belongs to cpu_study_full, and cpu_study_full to neither."""
+    parents = {f.stem: (yaml.safe_load(f.read_text()) or {}).get("defaults", []) for f in presets.glob("*.yaml")}
+    families = {p for ds in parents.values() for p in ds if isinstance(p, str)}
+    return sorted(name[len(preset) + 1:] for name, ds in parents.items()
+                  if name.startswith(f"{preset}_") and name not in families
+                  and (preset in ds or preset not in parents))
+
+
 def run(datasets: list[str] | None, methods: list[str], seeds: list[int], out: Path, preset: str, temperature: float,
         extra: list[str], parallel: int = 1) -> None:
     """Every job not finished yet, `parallel` at a time (never two of one dataset: they share a
@@ -76,7 +87,7 @@ def run(datasets: list[str] | None, methods: list[str], seeds: list[int], out: P
     if unknown:
         raise ValueError(f"--methods {' '.join(unknown)}: unknown; the methods are {', '.join(METHODS)}")
     presets = ROOT / "conf" / "experiment"
-    known = sorted(f.stem[len(preset) + 1:] for f in presets.glob(f"{preset}_*.yaml"))
+    known = preset_datasets(presets, preset)
     datasets = datasets or known
     missing = [d for d in datasets if d not in known]
     if missing:  # before any job starts, not once per failed job
@@ -294,7 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "mars_abs_resample"])
     r.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     r.add_argument("--parallel", type=int, default=1, help="jobs at a time, each on its share of the cores")
-    r.add_argument("--preset", default="cpu_study", help="cpu_study (CPU-scale) or paper (GPU, network)")
+    r.add_argument("--preset", default="cpu_study",
+                   help="cpu_study (CPU-scale, top layer), cpu_study_full (CPU-scale, full fine-tuning) or paper (GPU, network)")
     r.add_argument("--temperature", type=float, default=0.5, help="τ of the mars allocators (the paper's 0.5)")
     r.add_argument("--out", type=Path, default=Path(os.environ.get("MARS_LOG_DIR", "logs")) / "study")
     a = sub.add_parser("aggregate", help="tables and plots of finished runs")

@@ -13,7 +13,7 @@ import torch
 
 from mars.config import validate
 from mars.model.metrics import pairwise_metrics
-from mars.study import load_runs, markdown, summarise
+from mars.study import load_runs, markdown, preset_datasets, summarise
 from mars.study import main as study_main
 from tests.conftest import DATA_DIR, compose_config, require_data
 
@@ -136,21 +136,41 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["paper_hh_rlhf", "paper_ultrafeedback", "paper_pku_saferlhf",
-                                    "cpu_study_hh_rlhf", "cpu_study_ultrafeedback", "cpu_study_pku_saferlhf"])
+                                    "cpu_study_hh_rlhf", "cpu_study_ultrafeedback", "cpu_study_pku_saferlhf",
+                                    "cpu_study_full_hh_rlhf", "cpu_study_full_ultrafeedback",
+                                    "cpu_study_full_pku_saferlhf"])
 def test_presets_compose(preset, tmp_path):
     cfg = compose_config("train", [f"experiment={preset}"], tmp_path)
     typed = validate(cfg)
     assert typed["data"].train_size in (400, 1000) and cfg.allocator._target_.endswith("MarsAllocator")
+    dataset = next(d for d in ("hh_rlhf", "ultrafeedback", "pku_saferlhf") if preset.endswith(d))
+    assert dataset in cfg.tags
     if preset.startswith("paper"):
         assert typed["backbone"].name_or_path == "microsoft/deberta-v3-base" and typed["optim"].lr == 2e-5
         assert typed["backbone"].max_length == 512 and cfg.trainer.precision == "bf16-mixed"
         assert cfg.loop.budget * (cfg.trainer.max_epochs - cfg.loop.warmup_epochs) == 5000
+    elif preset.startswith("cpu_study_full"):
+        assert typed["finetune"].name == "full" and typed["optim"].lr == 1e-4
+        assert typed["backbone"].name_or_path == "minilm" and typed["backbone"].max_length == 128
+        assert cfg.task_name == "cpu_study_full" and cfg.allocator.temperature == 0.5
+        assert dataset.replace("_", "-") in cfg.data.path  # the offline file, no network
+        rounds = cfg.trainer.max_epochs - cfg.loop.warmup_epochs
+        assert rounds == 1 and cfg.loop.budget == typed["data"].train_size  # one round as large as D0
+        assert (cfg.get("best_of_n") is not None) == ("ultrafeedback" in preset)
     else:
         assert typed["finetune"].name == "top_layers" and typed["finetune"].layers == 1
         assert typed["backbone"].name_or_path == "minilm" and cfg.allocator.temperature == 0.5
         rounds = cfg.trainer.max_epochs - cfg.loop.warmup_epochs
         assert cfg.loop.budget * rounds == 5 * typed["data"].train_size  # the paper's proportion
         assert (cfg.get("best_of_n") is not None) == ("ultrafeedback" in preset)
+
+
+def test_preset_families_name_their_own_datasets():
+    presets = Path(__file__).parents[1] / "conf" / "experiment"
+    three = ["hh_rlhf", "pku_saferlhf", "ultrafeedback"]
+    assert preset_datasets(presets, "cpu_study") == [*three, "ultrafeedback_noisy"]  # not full_*
+    assert preset_datasets(presets, "cpu_study_full") == three
+    assert preset_datasets(presets, "paper") == three
 
 
 @pytest.mark.slow
