@@ -165,8 +165,10 @@ class DropMessages(logging.Filter):
 NOISE = (
     ("lightning.pytorch.utilities.rank_zero", "💡 Tip:", "an advertisement for a cloud logger"),
 )
-# Lightning's own call into torch's pytree, deprecated by torch 2.13: nothing for a user to change.
-WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+# Lightning's own call into torch's pytree, deprecated by torch 2.13, and transformers 5's renamed
+# gradient checkpointing, called by TRL's trainers (mars.align): nothing for a user to change.
+WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+            r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated")
 
 
 def quiet_known_noise() -> None:

@@ -43,6 +43,15 @@ def _best_of_k(r: np.ndarray, u: np.ndarray, k: int) -> float:
     return float(weights @ u[_ranked(r)])
 
 
+def mean_interval(values: Sequence[float] | np.ndarray, n_boot: int = 1000, ci: float = 0.95,
+                  seed: int = 0) -> dict[str, float]:
+    """The mean of `values` with a percentile bootstrap interval over them (`n_boot` resamples)."""
+    v = np.asarray(values, dtype=np.float64)
+    draws = v[np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))].mean(axis=1)
+    lo, hi = np.percentile(draws, [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100])
+    return {"value": float(v.mean()), "lo": float(lo), "hi": float(hi)}
+
+
 def best_of_n(sets: list[CandidateSet], rewards: list[np.ndarray], n_boot: int = 1000, ci: float = 0.95,
               seed: int = 0) -> dict[str, Any]:
     """Win-rate of the reward model's picks with a percentile bootstrap interval, anchors and curves.
@@ -65,12 +74,9 @@ def best_of_n(sets: list[CandidateSet], rewards: list[np.ndarray], n_boot: int =
         rs.append(r)
     picks = [pick(r) for r in rs]
     picked = np.array([u[k] for k, u in zip(picks, utils)])
-    rng = np.random.default_rng(seed)
-    draws = picked[rng.integers(0, len(picked), (n_boot, len(picked)))].mean(axis=1)
-    lo, hi = np.percentile(draws, [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100])
     n = min(len(r) for r in rs)
     return {
-        "win_rate": {"value": float(picked.mean()), "lo": float(lo), "hi": float(hi)},
+        "win_rate": mean_interval(picked, n_boot, ci, seed),
         "ci": ci,
         "random": float(np.mean([u.mean() for u in utils])),
         "longest": float(np.mean([u[pick([len(c) for c in s.candidates])] for s, u in zip(sets, utils)])),

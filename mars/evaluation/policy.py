@@ -15,7 +15,9 @@ fewer candidates.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import replace
 from typing import Optional, Sequence
@@ -113,6 +115,16 @@ class LocalPolicy(Policy):
         self.model, self.temperature, self.top_p, self.max_new_tokens = model, temperature, top_p, max_new_tokens
         self.batch_size, self.device = batch_size, resolve_device(device)
         self._loaded = None
+
+    def identity(self) -> dict:
+        """A local folder's weights files (names, sizes, modification times) are part of it: a
+        model trained on into the same folder is a new policy, not a cache hit."""
+        if not os.path.isdir(self.model):
+            return super().identity()
+        files = sorted(f for f in os.listdir(self.model) if f.endswith((".safetensors", ".bin")))
+        stamp = [(f, os.stat(os.path.join(self.model, f)).st_size, os.stat(os.path.join(self.model, f)).st_mtime_ns)
+                 for f in files]
+        return {**super().identity(), "weights": digest(json.dumps(stamp))}
 
     def _generate(self, jobs: list[tuple[str, int]]) -> list[Optional[str]]:
         if self._loaded is None:
