@@ -165,3 +165,22 @@ def test_prompts_from_alpacaeval_instructions_hold_out_the_first(tmp_path):
     assert len(prompts.heldout) == 10 and len(prompts.train) == 20 and not set(prompts.heldout) & set(prompts.train)
     with pytest.raises(ConfigError, match="align.prompts.train=25, but .* has only 20 distinct training prompts"):
         load_prompts_for(typed(cfg, "data"), 25, 10)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper_v1", "paper_v2"])
+def test_align_presets_compose(preset, tmp_path):
+    from mars.align.trainer import trl_classes
+    from mars.config import typed
+
+    cfg = compose_config("align", [f"align={preset}"], tmp_path)
+    data = typed(cfg, "data")
+    trl_classes(cfg.rl.algorithm)  # one the installed TRL has
+    assert cfg.lora.r == 16 and cfg.lora.alpha == 32 and cfg.lora.dropout == 0.05  # the paper's LoRA
+    if preset == "cpu":
+        assert cfg.start_policy == "smollm2" and data.path.endswith("harmless-base-test.jsonl.gz")
+    else:
+        assert cfg.start_policy == "TinyLlama/TinyLlama-1.1B-Chat-v1.0" and data.hub_name == "Anthropic/hh-rlhf"
+        assert cfg.rl.bf16 and cfg.rl.max_new_tokens == 128 and cfg.rl.top_p == 0.9
+    if preset == "paper_v2":
+        assert (cfg.rl.max_steps, cfg.rl.learning_rate, cfg.rl.prompts_per_step) == (250, 5e-6, 16)
+        assert cfg.rl.normalize and cfg.rl.clip == 5.0 and cfg.lora.target_modules == "all-linear"

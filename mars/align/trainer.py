@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from omegaconf import OmegaConf
 
 from mars.align.reward import RawReward, RewardFunction
 from mars.config import ConfigError
@@ -143,14 +144,14 @@ def train_policy(folder: Path, policy: str, reward: RewardFunction, gold: Option
     if gold is not None:  # logged beside the proxy, never trained on
         funcs, weights = funcs + [gold], weights + [0.0]
     checkpoints = folder / "checkpoints"
-    args = config_class(
+    settings = dict(
         output_dir=str(checkpoints), max_steps=rl.max_steps, learning_rate=rl.learning_rate,
         per_device_train_batch_size=rl.prompts_per_step * rl.completions_per_prompt,
         gradient_accumulation_steps=rl.gradient_accumulation_steps, num_generations=rl.completions_per_prompt,
         max_completion_length=rl.max_new_tokens, temperature=rl.temperature, top_p=rl.top_p, beta=rl.beta,
         reward_weights=weights, logging_steps=1, save_steps=rl.save_steps, save_total_limit=2, seed=seed,
-        data_seed=seed, report_to=report_to, run_name=folder.name, bf16=rl.bf16, use_cpu=device() == "cpu",
-        **dict(rl.trl or {}))
+        data_seed=seed, report_to=report_to, run_name=folder.name, bf16=rl.bf16, use_cpu=device() == "cpu")
+    args = config_class(**{**settings, **OmegaConf.to_container(rl.trl or {}, resolve=True)})  # rl.trl has the last word
     model = resolve(policy)
     trainer = trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                             processing_class=tokenizer, peft_config=lora_config(lora),
