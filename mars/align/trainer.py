@@ -151,7 +151,8 @@ def train_policy(folder: Path, policy: str, reward: RewardFunction, gold: Option
         max_completion_length=rl.max_new_tokens, temperature=rl.temperature, top_p=rl.top_p, beta=rl.beta,
         reward_weights=weights, logging_steps=1, save_steps=rl.save_steps, save_total_limit=2, seed=seed,
         data_seed=seed, report_to=report_to, run_name=folder.name, bf16=rl.bf16, use_cpu=device() == "cpu")
-    args = config_class(**{**settings, **OmegaConf.to_container(rl.trl or {}, resolve=True)})  # rl.trl has the last word
+    extra = OmegaConf.to_container(rl.trl, resolve=True) if rl.trl is not None else {}
+    args = config_class(**{**settings, **extra})  # rl.trl has the last word
     model = resolve(policy)
     trainer = trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                             processing_class=tokenizer, peft_config=lora_config(lora),
@@ -161,10 +162,9 @@ def train_policy(folder: Path, policy: str, reward: RewardFunction, gold: Option
         log.info("%s: resuming from %s", folder.name, last)
     trainer.train(resume_from_checkpoint=last)
     if lora is not None:
-        trainer.save_model(str(folder / "adapter"))
-        merged = trainer.model.merge_and_unload()
-    else:
-        merged = trainer.model
-    merged.save_pretrained(str(final))
-    tokenizer.save_pretrained(str(final))
+        trainer.save_model(str(folder / "adapter"))  # every rank takes part; the main one writes
+    if trainer.is_world_process_zero():
+        merged = trainer.model.merge_and_unload() if lora is not None else trainer.model
+        merged.save_pretrained(str(final))
+        tokenizer.save_pretrained(str(final))
     return final
