@@ -40,11 +40,12 @@ METHODS = {"none": ["allocator=none"], "uniform": ["allocator=uniform"], "west_o
 COMPARED = (("mars_abs", "uniform"), ("mars_signed", "uniform"), ("uniform", "none"), ("mars_abs_resample", "mars_abs"))
 REPORTED = ("acc", "snr", "auc", "ece")
 # per round (rounds/round_XX.json): the spread of the base margins, the budget on the tenth of D₀
-# with the smallest and the largest |Δ|, on pairs the model mis-ranked, the curvature ratio, D₀ accuracy
+# with the smallest and the largest |Δ|, on pairs the model mis-ranked, the most on one pair (where
+# B = |D₀|, 1 means the allocation is the uniform one), the curvature ratio, D₀ accuracy
 ROUND_COLUMNS = {"std_margin": lambda r: r[Key.MARGIN_STD],
                  "smallest_tenth": lambda r: r[Key.BY_ABS_DECILE][0],
                  "largest_tenth": lambda r: r[Key.BY_ABS_DECILE][-1],
-                 "misranked": lambda r: r[Key.MISRANKED],
+                 "misranked": lambda r: r[Key.MISRANKED], "most_on_one": lambda r: r[Key.BUDGET_MAX],
                  "curvature_ratio": lambda r: r[Key.CURVATURE_RATIO], "base_acc": lambda r: r[Key.BASE_ACC]}
 # where the data marks flipped labels: the budget on them, and how often the model mis-ranked them
 NOISE_COLUMNS = {"on_flipped": Key.BUDGET_ON_FLIPPED, "misranked_flipped": Key.MISRANKED_FLIPPED,
@@ -267,15 +268,15 @@ def markdown(summary: dict) -> str:
         if rows:
             noise = all("on_flipped" in r for _, r in rows)
             lines += ["", "Per round, means over seeds: std of the base margins Δ on D₀, the budget on the tenth "
-                      "of D₀ with the smallest and the largest |Δ|, on mis-ranked pairs, the curvature ratio, "
-                      "D₀ accuracy" + ("; the budget on flipped pairs, and the share of flipped and of clean "
+                      "of D₀ with the smallest and the largest |Δ|, on mis-ranked pairs, the most on one pair, "
+                      "the curvature ratio, D₀ accuracy" + ("; the budget on flipped pairs, and the share of flipped and of clean "
                                        "pairs the model mis-ranked" if noise else ""), "",
-                      "| method | round | std Δ | smallest / largest \\|Δ\\| tenth | mis-ranked | curvature ratio "
-                      "| D₀ accuracy |" + (" on flipped | mis-ranked flipped / clean |" if noise else ""),
-                      "|---|---|---|---|---|---|---|" + ("---|---|" if noise else "")]
+                      "| method | round | std Δ | smallest / largest \\|Δ\\| tenth | mis-ranked | most on one pair "
+                      "| curvature ratio | D₀ accuracy |" + (" on flipped | mis-ranked flipped / clean |" if noise else ""),
+                      "|---|---|---|---|---|---|---|---|" + ("---|---|" if noise else "")]
             lines += [f"| {m} | {r['round']} | {r['std_margin']:.3f} | {r['smallest_tenth']:.3f} / "
-                      f"{r['largest_tenth']:.3f} | {r['misranked']:.3f} | {r['curvature_ratio']:.3f} | "
-                      f"{r['base_acc']:.3f} |" + (f" {r['on_flipped']:.3f} | {r['misranked_flipped']:.3f} / "
+                      f"{r['largest_tenth']:.3f} | {r['misranked']:.3f} | {r['most_on_one']:.1f} | "
+                      f"{r['curvature_ratio']:.3f} | {r['base_acc']:.3f} |" + (f" {r['on_flipped']:.3f} | {r['misranked_flipped']:.3f} / "
                                                   f"{r['misranked_clean']:.3f} |" if noise else "")
                       for m, r in rows]
         lines.append("")

@@ -87,7 +87,8 @@ def test_intervals_are_plain_percentile_bootstrap_intervals():
 def test_round_diagnostics_are_means_over_seeds_round_by_round():
     def report(t: int, std: float, low: float, high: float, misranked: float, ratio: float, acc: float) -> dict:
         return {"round": t, "base_margin_std": std, "budget_by_abs_margin_decile": [low] + [0.1] * 8 + [high],
-                "budget_misranked_fraction": misranked, "curvature_ratio": ratio, "base_acc": acc}
+                "budget_misranked_fraction": misranked, "curvature_ratio": ratio, "base_acc": acc,
+                "budget_max": t}
 
     runs = [fake_run("mars_abs", np.linspace(-1, 1, 40), seed=1), fake_run("mars_abs", np.linspace(-1, 1, 40), seed=2)]
     runs[0]["rounds"] = [report(1, 0.1, 0.12, 0.08, 0.4, 1.0, 0.6), report(2, 2.0, 0.2, 0.0, 0.2, 1.2, 0.9)]
@@ -95,10 +96,10 @@ def test_round_diagnostics_are_means_over_seeds_round_by_round():
     rows = summarise(runs, n_boot=10)["d"]["mars_abs"]["rounds"]
     assert [r["round"] for r in rows] == [1, 2]
     assert rows[0] == pytest.approx({"round": 1, "std_margin": 0.2, "smallest_tenth": 0.11, "largest_tenth": 0.07,
-                                     "misranked": 0.3, "curvature_ratio": 1.05, "base_acc": 0.65})
+                                     "misranked": 0.3, "most_on_one": 1, "curvature_ratio": 1.05, "base_acc": 0.65})
     assert rows[1] == pytest.approx({"round": 2, "std_margin": 1.5, "smallest_tenth": 0.25, "largest_tenth": 0.05,
-                                     "misranked": 0.15, "curvature_ratio": 1.3, "base_acc": 0.85})
-    assert "| mars_abs | 2 | 1.500 | 0.250 / 0.050 | 0.150 | 1.300 | 0.850 |" in markdown(summarise(runs, n_boot=10))
+                                     "misranked": 0.15, "most_on_one": 2, "curvature_ratio": 1.3, "base_acc": 0.85})
+    assert "| mars_abs | 2 | 1.500 | 0.250 / 0.050 | 0.150 | 2.0 | 1.300 | 0.850 |" in markdown(summarise(runs, n_boot=10))
     # Known label noise: the budget on flipped pairs and the mis-ranking rates join the table.
     for run, (flip, wrong) in zip(runs, [(0.2, 0.3), (0.3, 0.1)]):
         for r in run["rounds"]:

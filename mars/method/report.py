@@ -20,6 +20,7 @@ class Key:
     SHORTFALL = "shortfall"
     SHORTFALL_PAIRS = "shortfall_pairs"
     PAIRS_TOUCHED = "budget_pairs_touched"
+    BUDGET_MAX = "budget_max"
     BY_ABS_DECILE = "budget_by_abs_margin_decile"
     MISRANKED = "budget_misranked_fraction"
     CURVATURE_RATIO = "curvature_ratio"
@@ -86,7 +87,7 @@ def allocation_report(margins: np.ndarray, budget: np.ndarray, copies: np.ndarra
     report = {
         "budget_total": int(budget.sum()),
         Key.PAIRS_TOUCHED: int((budget > 0).sum()),
-        "budget_max": int(budget.max(initial=0)),
+        Key.BUDGET_MAX: int(budget.max(initial=0)),
         Key.MISRANKED: float(budget[margins < 0].sum() / max(1, budget.sum())),
         Key.BY_ABS_DECILE: budget_by_decile(margins, budget, absolute=True),
         "budget_by_margin_decile": budget_by_decile(margins, budget, absolute=False),
