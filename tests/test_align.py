@@ -58,6 +58,9 @@ def test_align_judge_report_and_resume(tiny_chat_model, rms, tmp_path):  # noqa:
     # the gold judge's verdicts agree with the gold rewards it reports
     gold = {n: p["gold"]["value"] for n, p in result["policies"].items()}
     assert set(gold) == {START, "a", "b"} and "proxy" in result["policies"]["a"]
+    a = result["policies"]["a"]
+    assert a["path"] == "policies/a/policy" and a["reward_model"] == rms["a"]  # portable: the folder moves whole
+    assert result["policies"][START]["path"] == tiny_chat_model  # as given
     rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and set(rows[0]) == {"id", "prompt", START, "a", "b"}
     assert "| a | start |" in (out / "report.md").read_text() and (out / "training_curves.png").exists()

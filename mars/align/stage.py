@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,11 @@ def align(cfg: DictConfig) -> dict:
               "matchups": [{"a": a, "b": b, **outcome(scores[(a, b)], cfg.bootstrap, cfg.ci, cfg.seed)}
                            for a, b in pairs],
               "policies": {}, "curves": {n: curves(out / "policies" / n / "steps.jsonl") for n in targets}}
-    for name in policies:
-        p = result["policies"][name] = {"path": policies[name], "length": float(np.mean([len(a) for a in answers[name]]))}
+    for name in policies:  # paths as given, aligned policies relative to the report: the folder moves whole
+        given = cfg.start_policy if name == START else os.path.relpath(policies[name], out)
+        p = result["policies"][name] = {"path": given, "length": float(np.mean([len(a) for a in answers[name]]))}
+        if name in targets:
+            p["reward_model"] = str(cfg.reward_models[name])
         if name in proxies:  # the proxy a policy was trained on, on its answers and on the start's
             rows = list(zip(prompts.heldout, answers[name]))
             p["proxy"] = float(proxies[name].scorer.responses(rows).mean())
