@@ -24,11 +24,14 @@ $(VENV)/.installed: pyproject.toml
 train: setup
 	$(BIN)/python train.py $(ARGS)
 
+# one worker per core, a test module's tests on one worker (its module fixtures built once)
+PYTEST_PARALLEL ?= -n auto --dist loadfile
+
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_PARALLEL)
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache

@@ -69,6 +69,16 @@ def command(seed: int, dataset: str, method: str, out: Path, preset: str, temper
             *extra]
 
 
+def shares_features(job: tuple[int, str, str], out: Path, preset: str, temperature: float, extra: list[str]) -> bool:
+    """Whether the job trains on cached frozen features (finetune=head or top_layers), which the
+    jobs of its dataset share."""
+    from mars.cli.runtime import compose_run_config
+    from mars.model.finetune import CACHED_FEATURES
+
+    overrides = [o for o in command(*job, out, preset, temperature, extra)[2:] if not o.startswith("hydra.")]
+    return compose_run_config("train", overrides, out, data_dir=None).finetune.name in CACHED_FEATURES
+
+
 def preset_datasets(presets: Path, preset: str) -> list[str]:
     """The datasets of a preset family: each <preset>_<dataset>.yaml that builds on <preset>.yaml
     (lists it in its defaults) where that file exists, and is no family of its own: so
@@ -82,8 +92,8 @@ def preset_datasets(presets: Path, preset: str) -> list[str]:
 
 def run(datasets: list[str] | None, methods: list[str], seeds: list[int], out: Path, preset: str, temperature: float,
         extra: list[str], parallel: int = 1) -> None:
-    """Every job not finished yet, `parallel` at a time (never two of one dataset: they share a
-    feature cache), each on its share of the cores; progress per job; then `aggregate`."""
+    """Every job not finished yet, `parallel` at a time (never two of one dataset whose jobs share
+    cached features), each on its share of the cores; progress per job; then `aggregate`."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"--methods {' '.join(unknown)}: unknown; the methods are {', '.join(METHODS)}")
@@ -96,6 +106,9 @@ def run(datasets: list[str] | None, methods: list[str], seeds: list[int], out: P
                          f"the datasets of --preset {preset} are {', '.join(known)}")
     todo = [j for j in jobs(datasets, methods, seeds)
             if not (out / j[1] / j[2] / f"seed{j[0]}" / "metrics.json").exists()]  # written last
+    # one at a time where a dataset's jobs share frozen features: each job after the first finds them cached
+    exclusive = {d for d in {j[1] for j in todo} if shares_features(next(j for j in todo if j[1] == d),
+                                                                       out, preset, temperature, extra)}
     total, done, failed, busy = len(todo), [], [], set()
     env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel))}
     lock, start = threading.Condition(), time.time()
@@ -110,7 +123,8 @@ def run(datasets: list[str] | None, methods: list[str], seeds: list[int], out: P
                 free = [j for j in todo if j[1] not in busy]
                 if free:
                     todo.remove(free[0])
-                    busy.add(free[0][1])
+                    if free[0][1] in exclusive:
+                        busy.add(free[0][1])
                     return free[0]
                 lock.wait()
 

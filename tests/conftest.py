@@ -1,13 +1,22 @@
 """Shared fixtures: the real Hydra config, composed and shrunk for CPU tests."""
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
+
+# Under pytest-xdist (`make test`: -n auto) the workers share the cores: each takes its share of
+# threads, before torch is imported, and the processes its tests start inherit it. torch's default
+# of every core per process oversubscribes them (several times slower here).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import pytest
 from omegaconf import DictConfig
 
-from mars.cli.runtime import compose_run_config
+from mars.cli.runtime import compose_run_config, place_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -21,8 +30,15 @@ def require_data() -> Path:
     return DATA_DIR
 
 
+@functools.lru_cache(maxsize=None)
+def _composed(name: str, overrides: tuple[str, ...]) -> DictConfig:
+    return compose_run_config(name, list(overrides), ROOT / "unplaced", DATA_DIR)
+
+
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    return compose_run_config(name, overrides, output_dir, DATA_DIR)
+    """The real config, composed once per overrides in a session (Hydra's compose is a good part of
+    a small test's time); each caller gets its own copy, its paths under `output_dir`."""
+    return place_run(copy.deepcopy(_composed(name, tuple(overrides))), output_dir, DATA_DIR)
 
 
 TINY = ["backbone=tiny", "augmenter=none", "allocator=none", "data.train_size=96", "data.val_size=32", "data.test_size=32",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import score
-from tests.test_ddp import run_train
+from tests.test_ddp import run_single, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def test_sharded_metrics_and_export_equal_single_process(tmp_path):
     from mars.model.export import load_for_eval
 
     frozen = [*DECODER, "augmenter=none", "allocator=none", "optim.lr=0", "trainer.max_epochs=1", "export=true"]
-    single = run_train(tmp_path / "single", "trainer=cpu", *frozen)
+    single = run_single(tmp_path / "single", "trainer=cpu", *frozen)
     # prefix-shared batches under the sharded model: the same exact metrics as unshared padded ones
     sharded = run_train(tmp_path / "fsdp", "trainer=fsdp_sim", *frozen, "data.prefix_sharing=true")
     for key in ("val/acc", "val/auc", "test/acc", "test/auc", "test/ece"):

@@ -23,7 +23,7 @@ def test_smollm2_lora_learns_and_export_reloads(tmp_path):
     cfg = compose_config("train", [
         "data=ultrafeedback_offline", "data.train_size=16", "data.val_size=8", "data.batch_size=4",
         "data.eval_batch_size=8", "backbone=smollm2", "backbone.max_length=64", "backbone.min_prompt_tokens=16",
-        "finetune=lora", "finetune.r=8", "allocator=none", "augmenter=none", "trainer.max_epochs=2",
+        "finetune=lora", "finetune.r=8", "allocator=none", "augmenter=none", "trainer.max_epochs=1",
         "optim.lr=2e-3", "optim.warmup_ratio=0", "test=false", "callbacks.model_summary=null"], tmp_path)
     import lightning as L
 

@@ -132,6 +132,32 @@ def test_a_bad_method_or_dataset_is_named_before_any_job(option, value, named, t
     assert not (tmp_path / "study").exists()
 
 
+@pytest.mark.parametrize("finetune, at_once", [("top_layers", 1), ("full", 2)])
+def test_jobs_sharing_cached_features_run_one_at_a_time(finetune, at_once, tmp_path, monkeypatch):
+    import subprocess
+    import threading
+    import time
+
+    import mars.study
+
+    running, most, lock = [], [], threading.Lock()
+
+    def job(cmd, **kwargs):  # a job that takes a moment and fails (so nothing is aggregated)
+        with lock:
+            running.append(cmd)
+            most.append(len(running))
+        time.sleep(0.3)
+        with lock:
+            running.remove(cmd)
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(mars.study.subprocess, "run", job)
+    with pytest.raises(SystemExit, match="3 of 3 jobs failed"):
+        study_main(["run", "--datasets", "hh_rlhf", "--methods", "none", "uniform", "mars_abs", "--parallel", "2",
+                    "--seeds", "1", "--out", str(tmp_path), f"finetune={finetune}"])
+    assert max(most) == at_once
+
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -183,7 +209,8 @@ def test_shortened_cpu_study_and_aggregation(tmp_path, monkeypatch, capsys):
     bon = tmp_path / "bon.jsonl"  # the first 40 AlpacaEval-BoN instructions
     with open(DATA_DIR / "alpacaeval-bon" / "alpacaeval-bon-n11.jsonl") as f:
         bon.write_text("".join(next(f) for _ in range(40)))
-    small = ["backbone=tiny", "backbone.max_length=64", "data.train_size=40", "data.val_size=20",
+    # fully fine-tuned: no shared feature cache, so two jobs of the dataset run at once
+    small = ["backbone=tiny", "finetune=full", "backbone.max_length=64", "data.train_size=40", "data.val_size=20",
              "data.test_size=30", "loop.budget=20", "trainer.max_epochs=2", "logger=csv",
              f"best_of_n={bon}"]
     # Three methods are the whole study's machinery (a baseline, the control, MARS); every allocator

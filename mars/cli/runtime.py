@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import warnings
+from pathlib import Path
 from typing import Any, Optional
 
 import hydra
@@ -211,11 +212,10 @@ def next_commands(cfg: DictConfig, model: str, max_epochs: Optional[int]) -> lis
     return commands
 
 
-def compose_run_config(name: str, overrides: list[str], output_dir, data_dir) -> DictConfig:
-    """The real config of `conf/NAME.yaml` composed outside `@hydra.main` (tests, benchmarks),
-    with every path of the run under `output_dir`."""
-    from pathlib import Path
-
+def compose_run_config(name: str, overrides: list[str], output_dir, data_dir=None) -> DictConfig:
+    """The real config of `conf/NAME.yaml` composed outside `@hydra.main` (tests, benchmarks, the
+    study), with every path of the run under `output_dir` and the data in `data_dir` (None: as
+    configured)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -225,10 +225,17 @@ def compose_run_config(name: str, overrides: list[str], output_dir, data_dir) ->
     conf = str(Path(__file__).resolve().parents[2] / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
         cfg = compose(config_name=name, overrides=overrides, return_hydra_config=False)
+    return place_run(cfg, output_dir, data_dir)
+
+
+def place_run(cfg: DictConfig, output_dir, data_dir=None) -> DictConfig:
+    """`cfg` with every path of the run under `output_dir` and the data in `data_dir` (None: as
+    configured)."""
     output_dir = Path(output_dir)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir / "logs")
         cfg.paths.cache_dir = str(output_dir / "cache")
-        cfg.paths.data_dir = str(data_dir)
+        if data_dir is not None:
+            cfg.paths.data_dir = str(data_dir)
     return cfg

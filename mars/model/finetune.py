@@ -50,6 +50,10 @@ def lora_config(cfg: FinetuneConfig):
     return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
 
 
+# the modes that train on top of frozen features, which runs cache in paths.cache_dir/features
+CACHED_FEATURES = ("head", "top_layers")
+
+
 def apply_finetune(model: RewardModel, cfg: FinetuneConfig) -> None:
     """Mark what trains (and inject LoRA adapters) as `cfg.name` says."""
     if cfg.name in ("lora", "qlora"):
@@ -59,11 +63,11 @@ def apply_finetune(model: RewardModel, cfg: FinetuneConfig) -> None:
             prepare_model_for_kbit_training(model.net, use_gradient_checkpointing=False)
         inject_adapter_in_model(lora_config(cfg), model.net)
         trainable = {id(p) for n, p in model.net.named_parameters() if "lora_" in n}
-    elif cfg.name == "full":
-        trainable = {id(p) for p in model.parameters()}
-    else:
+    elif cfg.name in CACHED_FEATURES:
         model.trunk = CachedTrunk(model, 0 if cfg.name == "head" else cfg.layers)
         trainable = {id(p) for p in model.trunk.trainable_parameters()}
+    else:
+        trainable = {id(p) for p in model.parameters()}
     trainable |= {id(p) for p in model.head.parameters()}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)
