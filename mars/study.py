@@ -72,11 +72,17 @@ def command(seed: int, dataset: str, method: str, out: Path, preset: str, temper
 def shares_features(job: tuple[int, str, str], out: Path, preset: str, temperature: float, extra: list[str]) -> bool:
     """Whether the job trains on cached frozen features (finetune=head or top_layers), which the
     jobs of its dataset share."""
+    from hydra.errors import HydraException
+
     from mars.cli.runtime import compose_run_config
     from mars.model.finetune import CACHED_FEATURES
 
     overrides = [o for o in command(*job, out, preset, temperature, extra)[2:] if not o.startswith("hydra.")]
-    return compose_run_config("train", overrides, out, data_dir=None).finetune.name in CACHED_FEATURES
+    try:
+        cfg = compose_run_config("train", overrides, out, data_dir=None)
+    except HydraException as e:  # a bad override: named before any job, not once per failed job
+        raise ValueError(f"{' '.join(extra)}: {e}") from None
+    return cfg.finetune.name in CACHED_FEATURES
 
 
 def preset_datasets(presets: Path, preset: str) -> list[str]:

@@ -132,6 +132,15 @@ def test_a_bad_method_or_dataset_is_named_before_any_job(option, value, named, t
     assert not (tmp_path / "study").exists()
 
 
+def test_a_bad_override_is_named_before_any_job(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        study_main(["run", "--datasets", "hh_rlhf", "--seeds", "1", "--out", str(tmp_path / "study"), "data.bogus_key=1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "data.bogus_key=1" in err and "Could not override 'data.bogus_key'" in err and "Traceback" not in err
+    assert not (tmp_path / "study").exists()
+
+
 @pytest.mark.parametrize("finetune, at_once", [("top_layers", 1), ("full", 2)])
 def test_jobs_sharing_cached_features_run_one_at_a_time(finetune, at_once, tmp_path, monkeypatch):
     import subprocess
